@@ -1,0 +1,1 @@
+"""ClientApp: local training of the client model (imports common only)."""

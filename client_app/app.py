@@ -1,0 +1,82 @@
+"""ClientApp entry point: thin adapters from Flower Messages to pure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_app.training import LocalSettings
+from client_app.training import train as train_fn
+from common import keys
+from common.config import RunConfig
+from common.datasets import get_spec
+from common.evaluation import evaluate as evaluate_fn
+from common.federation import client_tensors, make_model, resolve_device
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context):
+    """Config, device, this node's data and the model holding the sent weights."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    partition_id = int(context.node_config[keys.PARTITION_ID])
+    num_partitions = int(context.node_config.get(keys.NUM_PARTITIONS, cfg.num_clients))
+    if num_partitions != cfg.num_clients:
+        raise ValueError(
+            f"this node is one of {num_partitions} partitions but the run splits the "
+            f"data into num-clients={cfg.num_clients}; start the federation with "
+            f"num-supernodes={cfg.num_clients} (or set num-clients to match)"
+        )
+    images, labels = client_tensors(cfg, partition_id)
+    model = make_model(cfg)
+    model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    return cfg, partition_id, resolve_device(cfg.device), images, labels, model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's partition."""
+    cfg, partition_id, device, images, labels, model = _setup(msg, context)
+    settings = LocalSettings.from_config(msg.content[keys.CONFIG])
+    server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
+
+    # MOON: z_prev comes from this node's model of its previous round, kept in
+    # context.state (stays on the node, persists across rounds of one run).
+    prev_model = None
+    if settings.moon_mu is not None and keys.PREV_LOCAL_MODEL in context.state:
+        prev_model = make_model(cfg)
+        prev_model.load_state_dict(context.state[keys.PREV_LOCAL_MODEL].to_torch_state_dict())
+
+    metrics = train_fn(
+        model,
+        images,
+        labels,
+        settings,
+        prev_model=prev_model,
+        augment=cfg.augment,
+        device=device,
+        # A distinct, reproducible stream per (run seed, client, round).
+        seed=int(np.random.SeedSequence([cfg.seed, partition_id, server_round]).generate_state(1)[0]),
+    )
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    if settings.moon_mu is not None:
+        context.state[keys.PREV_LOCAL_MODEL] = ArrayRecord(state)
+
+    metrics[keys.NUM_EXAMPLES] = len(labels)
+    content = RecordDict({keys.ARRAYS: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this node's partition."""
+    cfg, _, device, images, labels, model = _setup(msg, context)
+    num_classes = get_spec(cfg.dataset).num_classes
+    result = evaluate_fn(model, images, labels, num_classes, cfg.eval_batch_size, device)
+    metrics = {
+        keys.EVAL_LOSS: result.loss,
+        keys.EVAL_ACCURACY: result.accuracy,
+        keys.NUM_EXAMPLES: result.num_examples,
+    }
+    return Message(content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)

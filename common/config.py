@@ -1,0 +1,216 @@
+"""Typed, validated run configuration, read once at the edge.
+
+Every tunable of a run lives in ``[tool.flwr.app.config]`` of ``pyproject.toml``
+(kebab-case keys) and reaches the apps as ``context.run_config``. The apps turn it
+into a :class:`RunConfig` once, with :meth:`RunConfig.from_run_config`, and pass
+the typed object on; nothing else reads ``run_config`` directly.
+
+Validation happens here, before any data is loaded or any training starts, and
+every error says which key was wrong, what it was, and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from common.datasets import DATASETS
+from common.models import MODELS
+from common.partition import PARTITIONERS
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of one federated run (see ``pyproject.toml`` for defaults)."""
+
+    # method and federation
+    method: str = "fedavg"
+    num_server_rounds: int = 10
+    num_clients: int = 10
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_available_clients: int = 2
+    seed: int = 42
+    # local training
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    # method terms
+    proximal_mu: float = 0.01
+    moon_mu: float = 1.0
+    moon_tau: float = 0.5
+    # data
+    dataset: str = "fashion-mnist"
+    data_root: str = ""
+    partitioner: str = "dirichlet"
+    dirichlet_beta: float = 0.5
+    longtail_rho: float = 10.0
+    min_partition_size: int = 10
+    max_samples_per_client: int = 0
+    public_split_size: int = 0
+    augment: bool = False
+    # model
+    model: str = "resnet10"
+    model_width: int = 16
+    # runtime and outputs
+    device: str = "cpu"
+    eval_batch_size: int = 1000
+    output_dir: str = "outputs"
+    run_name: str = ""
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's ``context.run_config`` (kebab-case keys).
+
+        Unknown keys are an error (a typo would otherwise silently run the
+        default); missing keys take the dataclass default.
+        """
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config key(s) {unknown}; valid keys: {sorted(known)}"
+            )
+        values = {}
+        for key, value in run_config.items():
+            field = known[key]
+            values[field.name] = _cast(key, value, field.type)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The kebab-case mapping, as Flower's run config holds it."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first invalid value."""
+        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("model", self.model, MODELS)
+        _one_of("partitioner", self.partitioner, PARTITIONERS)
+        _check(self.num_clients >= 1, "num-clients", self.num_clients, "an int >= 1")
+        _check(
+            0.0 < self.fraction_train <= 1.0,
+            "fraction-train",
+            self.fraction_train,
+            "a float in (0, 1]",
+        )
+        _check(
+            0.0 <= self.fraction_evaluate <= 1.0,
+            "fraction-evaluate",
+            self.fraction_evaluate,
+            "a float in [0, 1]",
+        )
+        _check(
+            1 <= self.min_available_clients <= self.num_clients,
+            "min-available-clients",
+            self.min_available_clients,
+            f"an int in [1, num-clients={self.num_clients}]",
+        )
+        _check(
+            self.num_server_rounds >= 1,
+            "num-server-rounds",
+            self.num_server_rounds,
+            "an int >= 1",
+        )
+        _check(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an int >= 1")
+        _check(self.batch_size >= 1, "batch-size", self.batch_size, "an int >= 1")
+        _check(
+            self.eval_batch_size >= 1,
+            "eval-batch-size",
+            self.eval_batch_size,
+            "an int >= 1",
+        )
+        _check(
+            self.learning_rate > 0, "learning-rate", self.learning_rate, "a float > 0"
+        )
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a float in [0, 1)")
+        _check(self.weight_decay >= 0, "weight-decay", self.weight_decay, "a float >= 0")
+        _check(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "a float >= 0")
+        _check(self.moon_mu >= 0, "moon-mu", self.moon_mu, "a float >= 0")
+        _check(self.moon_tau > 0, "moon-tau", self.moon_tau, "a float > 0")
+        _check(
+            self.dirichlet_beta > 0,
+            "dirichlet-beta",
+            self.dirichlet_beta,
+            "a float > 0 (smaller = more skewed, e.g. 0.05 to 0.5)",
+        )
+        _check(
+            self.longtail_rho >= 1,
+            "longtail-rho",
+            self.longtail_rho,
+            "a float >= 1 (largest / smallest class size; 1 = balanced)",
+        )
+        _check(
+            self.min_partition_size >= 0,
+            "min-partition-size",
+            self.min_partition_size,
+            "an int >= 0",
+        )
+        _check(
+            self.max_samples_per_client >= 0,
+            "max-samples-per-client",
+            self.max_samples_per_client,
+            "an int >= 0 (0 = no cap)",
+        )
+        _check(
+            self.public_split_size >= 0,
+            "public-split-size",
+            self.public_split_size,
+            "an int >= 0",
+        )
+        _check(self.model_width >= 1, "model-width", self.model_width, "an int >= 1")
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            self.device,
+            "'cpu', 'cuda' or 'cuda:N'",
+        )
+        _check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")
+
+
+def _cast(key: str, value: Any, type_name: str) -> Any:
+    """Cast a TOML/CLI value to the field's type, refusing lossy conversions."""
+    # Annotations are strings because of `from __future__ import annotations`.
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"run-config '{key}' must be true or false, got {value!r}")
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"run-config '{key}' must be an int, got {value!r}")
+        if float(value) != int(value):
+            raise ConfigError(f"run-config '{key}' must be an int, got {value!r}")
+        return int(value)
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"run-config '{key}' must be a number, got {value!r}")
+        return float(value)
+    if type_name == "str":
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"run-config '{key}' must be a string (quote it: {key}='...'), "
+                f"got {value!r}"
+            )
+        return value
+    raise TypeError(f"unsupported config field type {type_name} for '{key}'")
+
+
+def _check(ok: bool, key: str, value: Any, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"run-config '{key}' = {value!r} is invalid; expected {valid}")
+
+
+def _one_of(key: str, value: str, registry: Mapping[str, Any]) -> None:
+    if value not in registry:
+        raise ConfigError(
+            f"unknown {key} {value!r}; valid: {', '.join(sorted(registry))}"
+        )

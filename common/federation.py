@@ -1,0 +1,85 @@
+"""What every side derives from a :class:`RunConfig`: data split, tensors, model.
+
+The split is a pure function of the config (labels + seeded partitioner), so the
+server and each client compute the same one independently; only weights cross
+the network. Results are cached per process: Ray actors in simulation serve many
+clients and keep the dataset in memory between rounds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from common.config import RunConfig
+from common.datasets import DatasetSpec, get_spec, load_dataset, to_float
+from common.models import build_model
+from common.partition import DataSplit, Partitioning, split_dataset
+
+
+def partitioning(cfg: RunConfig) -> Partitioning:
+    """The partitioning settings of a run."""
+    return Partitioning(
+        name=cfg.partitioner,
+        num_partitions=cfg.num_clients,
+        beta=cfg.dirichlet_beta,
+        rho=cfg.longtail_rho,
+        min_size=cfg.min_partition_size,
+        max_per_client=cfg.max_samples_per_client,
+        public_size=cfg.public_split_size,
+        seed=cfg.seed,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _split(dataset: str, data_root: str, p: Partitioning) -> DataSplit:
+    train, _ = load_dataset(dataset, data_root)
+    return split_dataset(train.labels.numpy(), p)
+
+
+def data_split(cfg: RunConfig) -> DataSplit:
+    """The run's public split and client partitions (indices into the train set)."""
+    return _split(cfg.dataset, cfg.data_root, partitioning(cfg))
+
+
+def client_tensors(cfg: RunConfig, partition_id: int) -> tuple[Tensor, Tensor]:
+    """Normalised images and labels of one client's partition."""
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ValueError(
+            f"partition-id {partition_id} is out of range for num-clients="
+            f"{cfg.num_clients} (valid: 0..{cfg.num_clients - 1})"
+        )
+    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    idx = torch.from_numpy(data_split(cfg).clients[partition_id])
+    return to_float(train.images[idx], get_spec(cfg.dataset)), train.labels[idx]
+
+
+@functools.lru_cache(maxsize=2)
+def _test_tensors(dataset: str, data_root: str) -> tuple[Tensor, Tensor]:
+    _, test = load_dataset(dataset, data_root)
+    return to_float(test.images, get_spec(dataset)), test.labels
+
+
+def test_tensors(cfg: RunConfig) -> tuple[Tensor, Tensor]:
+    """The full central test set, normalised (loaded once per process)."""
+    return _test_tensors(cfg.dataset, cfg.data_root)
+
+
+def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
+    """The run's client model, freshly initialised from the global torch RNG."""
+    spec = spec or get_spec(cfg.dataset)
+    return build_model(
+        cfg.model, spec.in_channels, spec.num_classes, cfg.model_width, spec.image_size
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device, with a clear error when CUDA is asked for but absent."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={name!r} was requested but CUDA is not available on this "
+            "machine; use --run-config \"device='cpu'\""
+        )
+    return torch.device(name)

@@ -1,0 +1,47 @@
+"""Record keys: the names of everything that crosses the SuperLink.
+
+Kebab-case like Flower's own keys. Flower's FedAvg reads ``arrays``, ``config``,
+``metrics`` and ``num-examples`` and injects ``server-round``; the strategies add
+the method keys below and the client reads them from the train config.
+"""
+
+# Flower's keys (FedAvg defaults)
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+NUM_EXAMPLES = "num-examples"
+SERVER_ROUND = "server-round"
+
+# Local-training settings in the train ConfigRecord (server-controlled per round)
+LR = "lr"
+MOMENTUM = "momentum"
+WEIGHT_DECAY = "weight-decay"
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+
+# Method terms injected by the strategies; a present key switches its term on
+PROXIMAL_MU = "proximal-mu"  # FedProx (Flower's FedProx injects this name)
+MOON_MU = "moon-mu"
+MOON_TAU = "moon-tau"
+
+# Client reply metrics
+TRAIN_LOSS = "train-loss"
+TRAIN_CE = "train-ce"
+TRAIN_PROX = "train-prox"
+TRAIN_MOON = "train-moon"
+TRAIN_ACCURACY = "train-accuracy"
+TRAIN_SECONDS = "train-seconds"
+TRAIN_STEPS = "train-steps"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+
+# Server-side (central) evaluation metrics
+CENTRAL_ACCURACY = "central-accuracy"
+CENTRAL_LOSS = "central-loss"
+
+# Node-local state (context.state) on the client
+PREV_LOCAL_MODEL = "prev-local-model"  # MOON's z_prev comes from this model
+
+# Node config (simulation injects both; deployment passes --node-config)
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"

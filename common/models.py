@@ -1,0 +1,131 @@
+"""Client models: ResNet-10 and MobileNetV2, each returning (embedding, logits).
+
+Both models expose the same interface so every loss term (CE, FedProx, MOON and
+the diffusion-guided terms) works with either: ``model(x)`` returns a
+:class:`ModelOutput` with the penultimate embedding ``z`` (``embedding_dim``
+wide) and the classifier ``logits``.
+
+Width: ResNet-10 at ``width=64`` is the papers' model (stages 64-128-256-512,
+512-d embedding, FedDifRC's ``ResNet10``: BasicBlock [1, 1, 1, 1], 3x3 stem, no
+max-pool). The cpu profile uses ``width=16`` (128-d embedding), about 9x faster
+on 2 CPU cores (DESIGN.md section 8). MobileNetV2 follows the same rule: its
+embedding is ``8 * width`` (512 at width 64) through a linear projection of
+torchvision's 1280-d (scaled) feature, with ``width_mult = width / 64``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ModelOutput(NamedTuple):
+    """What every client model returns."""
+
+    embedding: Tensor  # (B, embedding_dim), not normalised
+    logits: Tensor  # (B, num_classes)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016), two 3x3 convs and a shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet10(nn.Module):
+    """ResNet-10: a 3x3 stem and four stages of one basic block each.
+
+    The CIFAR-style stem (3x3, stride 1, no max-pool) keeps small 28-32 px
+    images at full resolution in the first stage, as the papers' code does.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.embedding_dim = widths[-1]
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages, in_planes = [], width
+        for planes, stride in zip(widths, [1, 2, 2, 2], strict=True):
+            stages.append(BasicBlock(in_planes, planes, stride))
+            in_planes = planes
+        self.stages = nn.Sequential(*stages)
+        self.classifier = nn.Linear(self.embedding_dim, num_classes)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.stages(out)
+        z = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return ModelOutput(z, self.classifier(z))
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 trunk with an embedding projection and a classifier.
+
+    For inputs smaller than 64 px the stem stride is set to 1 (the usual CIFAR
+    adaptation): with the ImageNet stride of 32 overall, a 28 px image would be
+    1x1 after the third stage and the model would learn little.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, width: int = 64, image_size: int = 32
+    ) -> None:
+        super().__init__()
+        # Imported here: torchvision costs seconds to import and ResNet-10 runs
+        # never need it.
+        from torchvision.models import mobilenet_v2
+
+        trunk = mobilenet_v2(weights=None, width_mult=width / 64)
+        stem = trunk.features[0][0]
+        stride = 1 if image_size < 64 else 2
+        trunk.features[0][0] = nn.Conv2d(
+            in_channels, stem.out_channels, 3, stride, 1, bias=False
+        )
+        self.features = trunk.features
+        self.embedding_dim = 8 * width
+        self.project = nn.Linear(trunk.last_channel, self.embedding_dim)
+        self.classifier = nn.Linear(self.embedding_dim, num_classes)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        out = self.features(x)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        z = F.relu(self.project(pooled))
+        return ModelOutput(z, self.classifier(z))
+
+
+ModelFactory = Callable[[int, int, int, int], nn.Module]
+
+# name -> factory(in_channels, num_classes, width, image_size)
+MODELS: dict[str, ModelFactory] = {
+    "resnet10": lambda c, n, w, s: ResNet10(c, n, width=w),
+    "mobilenetv2": lambda c, n, w, s: MobileNetV2(c, n, width=w, image_size=s),
+}
+
+
+def build_model(
+    name: str, in_channels: int, num_classes: int, width: int, image_size: int
+) -> nn.Module:
+    """Build a client model by registry name (see :data:`MODELS`)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return MODELS[name](in_channels, num_classes, width, image_size)

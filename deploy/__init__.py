@@ -1,0 +1,1 @@
+"""Ways to run the app: local simulation launcher (later: deployment scripts)."""

@@ -1,0 +1,296 @@
+"""Run the app in Flower's simulation engine on a private, short-lived SuperLink.
+
+``flwr run .`` on its own starts a *detached* SuperLink that outlives the run
+and installs the app's dependencies with ``uv`` on every run (pulling a CUDA
+torch that ignores our pins; ``../shared/notes/flower.md`` section 4). This
+launcher does what a user wants instead:
+
+1. validates the run config (pyproject defaults + overrides) before anything
+   starts, so a typo fails in a second, not after Ray boots;
+2. starts ``flower-superlink --simulation`` on a free port with runtime
+   dependency installation off, in its own process group, under a private
+   ``FLWR_HOME``;
+3. runs ``flwr run <app> <connection> --stream`` (the real Flower CLI), so the
+   console shows the server's per-round lines;
+4. checks the run's *status* (``flwr ls --format json``; ``flwr run`` exits 0
+   even when the run fails) and ends the SuperLink and every process it
+   started (SuperExec, the simulation, Ray) by PID, whatever happened.
+
+Usage::
+
+    python -m deploy.local_sim [--run-config "k=v ..."] [--num-supernodes N]
+
+Exit code 0 only when the run finished with status ``finished:completed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from common.config import RunConfig
+from common.federation import data_split
+from server_app.reporting import default_run_name
+from server_app.strategies import get_strategy_class
+
+COMPLETED = "finished:completed"
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What a finished simulation left behind."""
+
+    run_id: int | None
+    status: str
+    run_dir: Path
+    output: str
+    seconds: float
+    superlink_pid: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETED
+
+
+def app_defaults(app_dir: Path) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml."""
+    with open(app_dir / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def to_toml_overrides(values: dict[str, Any]) -> str:
+    """A ``--run-config`` string (TOML values) for a dict of overrides."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            if '"' in value:
+                raise ValueError(f"run-config value for {key} may not contain '\"'")
+            text = f'"{value}"'
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def resolve_config(app_dir: Path, overrides: dict[str, Any]) -> RunConfig:
+    """Validate defaults + overrides exactly as the apps will (fails fast)."""
+    merged = {**app_defaults(app_dir), **overrides}
+    cfg = RunConfig.from_run_config(merged)
+    get_strategy_class(cfg.method)
+    return cfg
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Load the data and compute the split, as the ServerApp will, to fail early."""
+    data_split(cfg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"flower-superlink did not answer on port {port} within {timeout} s")
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendant PIDs of ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces; the fields after the last ')' do not.
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """End a process and every descendant: SIGTERM, a grace period, then SIGKILL.
+
+    The SuperLink's SuperExec starts its own session (and Ray's daemons with
+    it), so a process-group kill alone would leave them; we snapshot the whole
+    tree first and end each PID.
+    """
+    tree = descendants(proc.pid)
+    _kill([proc.pid, *tree], signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
+        time.sleep(0.2)
+    _kill([proc.pid, *tree, *descendants(proc.pid)], signal.SIGKILL)
+    proc.wait()
+
+
+def _run_status(flwr: str, env: dict[str, str], run_id: int | None) -> tuple[int | None, str]:
+    out = subprocess.run(
+        [flwr, "ls", "local-sim", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    ).stdout
+    try:
+        runs = json.loads(out)["runs"]
+    except (json.JSONDecodeError, KeyError):
+        return run_id, f"unknown (flwr ls said: {out.strip()[:200]})"
+    for run in runs:
+        if run_id is None or int(run["run-id"]) == run_id:
+            return int(run["run-id"]), str(run["status"])
+    return run_id, "unknown (run not listed)"
+
+
+def run_simulation(
+    app_dir: Path | str = ".",
+    overrides: dict[str, Any] | None = None,
+    *,
+    num_supernodes: int | None = None,
+    cpus_per_client: int = 1,
+    stream: bool = True,
+    timeout: float = 6 * 3600,
+) -> SimulationResult:
+    """Run one simulation of the app and return its status and run folder."""
+    app_dir = Path(app_dir).resolve()
+    overrides = dict(overrides or {})
+    cfg = resolve_config(app_dir, overrides)
+    # Pin the run folder so we can report it: absolute output dir, explicit name.
+    overrides["output-dir"] = str(Path(cfg.output_dir).expanduser().resolve())
+    overrides["run-name"] = cfg.run_name or default_run_name(cfg)
+    cfg = resolve_config(app_dir, overrides)
+    preflight(cfg)
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    nodes = num_supernodes or cfg.num_clients
+
+    bin_dir = Path(sys.executable).parent
+    flwr, superlink = str(bin_dir / "flwr"), str(bin_dir / "flower-superlink")
+    flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    t0 = time.perf_counter()
+    link = subprocess.Popen(
+        [superlink, "--insecure", "--simulation", "--disable-runtime-dependency-installation",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=open(flwr_home / "superlink.out", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,  # keep Ctrl-C of this launcher from racing our cleanup
+    )
+    output_lines: list[str] = []
+    run_id, status = None, "not started"
+    try:
+        _wait_healthy(port, link)
+        cmd = [flwr, "run", str(app_dir), "local-sim", "--stream",
+               "--run-config", to_toml_overrides(overrides),
+               "--federation-config",
+               f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}"]
+        with subprocess.Popen(cmd, env=env, cwd=app_dir, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1) as run:
+            deadline = time.monotonic() + timeout
+            assert run.stdout is not None
+            for line in run.stdout:
+                output_lines.append(line)
+                if stream:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                match = re.search(r"started run (\d+)", line)
+                if match and run_id is None:
+                    run_id = int(match.group(1))
+                if time.monotonic() > deadline:
+                    run.kill()
+                    raise TimeoutError(f"run did not finish within {timeout} s")
+        run_id, status = _run_status(flwr, env, run_id)
+    finally:
+        stop_tree(link)
+    if status == COMPLETED:
+        shutil.rmtree(flwr_home, ignore_errors=True)
+    else:
+        output_lines.append(f"(SuperLink log kept in {flwr_home}/superlink.out)\n")
+    return SimulationResult(run_id, status, run_dir, "".join(output_lines),
+                            time.perf_counter() - t0, link.pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local_sim",
+        description="Run the SemanticFL app in Flower's simulation engine and check it "
+                    "completed (defaults: pyproject.toml [tool.flwr.app.config]).",
+    )
+    parser.add_argument("--app", default=".", help="app folder (holds pyproject.toml)")
+    parser.add_argument("--run-config", "-c", action="append", default=None,
+                        help="overrides, as for flwr run: \"k=v k2='s'\" or a .toml file")
+    parser.add_argument("--num-supernodes", type=int, default=None,
+                        help="simulated SuperNodes (default: num-clients)")
+    parser.add_argument("--cpus-per-client", type=int, default=1,
+                        help="CPUs Ray reserves per ClientApp (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="do not stream the run's log")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_config_args(args.run_config)
+        result = run_simulation(args.app, overrides, num_supernodes=args.num_supernodes,
+                                cpus_per_client=args.cpus_per_client, stream=not args.quiet)
+    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nrun {result.run_id}: {result.status} in {result.seconds:.0f} s; "
+          f"outputs in {result.run_dir}")
+    if not result.ok:
+        print("the run did not complete; its log is above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults: a federation of 10 ResNet-10 clients on
+# Dirichlet-split Fashion-MNIST in Flower's simulation engine. Extra arguments
+# go to the launcher, e.g.  scripts/demo.sh --run-config "method='moon'"
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+exec python -m deploy.local_sim "$@"

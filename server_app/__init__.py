@@ -1,0 +1,1 @@
+"""ServerApp: strategies, central evaluation, run outputs (imports common)."""

@@ -1,0 +1,160 @@
+"""The run folder: config, partition table, per-round metrics, summary, model.
+
+Layout of ``<output-dir>/<run-name>/``::
+
+    config.json               the validated run config
+    partition_counts.csv      clients x classes label counts (+ public split row)
+    partition_heatmap.png
+    metrics.jsonl             one line per round (round 0 = initial model)
+    accuracy.png              global test accuracy per round (redrawn each round)
+    summary.json              final-round and best-round accuracy, labelled
+    model.safetensors         the final global model
+
+Every file is written atomically; ``metrics.jsonl`` is appended line by line.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from safetensors.torch import save_file
+from torch import nn
+
+from common import keys
+from common.config import RunConfig
+from common.evaluation import EvalResult
+from common.io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text
+from common.partition import DataSplit
+from server_app.plots import plot_accuracy, plot_partition_heatmap
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    """``<method>-<dataset>-<partitioner>-<UTC timestamp>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{cfg.method}-{cfg.dataset}-{cfg.partitioner}-{stamp}"
+
+
+class RunRecorder:
+    """Writes a run's outputs and prints one console line per round."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        name = cfg.run_name or default_run_name(cfg)
+        self.dir = Path(cfg.output_dir).expanduser().resolve() / name
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise FileExistsError(
+                f"run folder {self.dir} already exists and is not empty; choose another "
+                "run-name (or leave it empty for a timestamped one) so no results are "
+                "overwritten"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.rounds: list[int] = []
+        self.accuracy: list[float] = []
+        self._pending_train: dict[str, Any] = {}
+        self._t_start = time.perf_counter()
+        self._t_last = self._t_start
+        atomic_write_json(self.dir / "config.json", cfg.to_run_config())
+
+    def save_partition(self, split: DataSplit, labels: np.ndarray, class_names: list[str]) -> None:
+        """Label-count table (CSV) and heatmap of the client partitions."""
+        counts = split.label_counts(labels, len(class_names))
+        header = "partition," + ",".join(class_names) + ",total"
+        rows = [f"{i}," + ",".join(map(str, row)) + f",{row.sum()}" for i, row in enumerate(counts)]
+        if len(split.public):
+            public = np.bincount(labels[split.public], minlength=len(class_names))
+            rows.append("public," + ",".join(map(str, public)) + f",{public.sum()}")
+        atomic_write_text(self.dir / "partition_counts.csv", "\n".join([header, *rows]) + "\n")
+        title = (f"{self.cfg.dataset}, {self.cfg.partitioner}"
+                 + (f" beta={self.cfg.dirichlet_beta}" if "dirichlet" in self.cfg.partitioner else "")
+                 + f", {self.cfg.num_clients} clients")
+        plot_partition_heatmap(counts, class_names, title, self.dir / "partition_heatmap.png")
+        log(INFO, "Partition sizes: %s (public split: %d)",
+            [int(c) for c in counts.sum(1)], len(split.public))
+
+    def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
+        """Flower's weighted metric mean, remembered for this round's metrics line."""
+        aggregated = aggregate_metricrecords(records, weighting_key)
+        self._pending_train = dict(aggregated)
+        self._pending_train["clients"] = len(records)
+        return aggregated
+
+    def check_round_trained(self, server_round: int) -> None:
+        """Fail the run when no client returned a training result this round.
+
+        Flower's FedAvg keeps the previous global model when every reply is an
+        error and the run would still end "completed"; a user would then read
+        the initial model's accuracy as a result. Stop instead.
+        """
+        if server_round > 0 and not self._pending_train:
+            raise RuntimeError(
+                f"round {server_round}: no client returned a training result (every "
+                "reply was an error; the ClientApp errors are logged above)"
+            )
+
+    def record_round(self, server_round: int, result: EvalResult, eval_seconds: float) -> None:
+        """Append the round's metrics line, redraw the curve, print one line."""
+        now = time.perf_counter()
+        self.rounds.append(server_round)
+        self.accuracy.append(result.accuracy)
+        best = int(np.argmax(self.accuracy))
+        row = {
+            "round": server_round,
+            keys.CENTRAL_ACCURACY: result.accuracy,
+            keys.CENTRAL_LOSS: result.loss,
+            "per-class-accuracy": result.per_class_accuracy,
+            "round-seconds": now - self._t_last,
+            "eval-seconds": eval_seconds,
+            "elapsed-seconds": now - self._t_start,
+            "train": self._pending_train,
+        }
+        append_jsonl(self.metrics_path, row)
+        title = f"{self.cfg.method} on {self.cfg.dataset} ({self.cfg.partitioner}, {self.cfg.num_clients} clients)"
+        plot_accuracy(self.rounds, self.accuracy, title, self.dir / "accuracy.png")
+        train_loss = self._pending_train.get(keys.TRAIN_LOSS)
+        log(
+            INFO,
+            "[round %d/%d] test accuracy %.2f%% | test loss %.4f | best %.2f%% (round %d)"
+            " | train loss %s | %.1f s (eval %.1f s)",
+            server_round, self.cfg.num_server_rounds, 100 * result.accuracy, result.loss,
+            100 * self.accuracy[best], self.rounds[best],
+            "-" if train_loss is None else f"{train_loss:.4f}",
+            now - self._t_last, eval_seconds,
+        )
+        self._pending_train = {}
+        self._t_last = time.perf_counter()
+
+    def finish(self, arrays: ArrayRecord, model: nn.Module) -> dict[str, Any]:
+        """Save the final global model and ``summary.json``; return the summary."""
+        model.load_state_dict(arrays.to_torch_state_dict())
+        # Aggregation turns BatchNorm's integer counters into floats; saving the
+        # model's own state_dict restores the original dtypes.
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        atomic_write(self.dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        best = int(np.argmax(self.accuracy))
+        summary = {
+            "method": self.cfg.method,
+            "dataset": self.cfg.dataset,
+            "partitioner": self.cfg.partitioner,
+            "num-clients": self.cfg.num_clients,
+            "num-server-rounds": self.cfg.num_server_rounds,
+            "final-round": self.rounds[-1],
+            "final-round-accuracy": self.accuracy[-1],
+            "best-round": self.rounds[best],
+            "best-round-accuracy": self.accuracy[best],
+            "best-round-note": "best over evaluated rounds (the papers report this); "
+                               "final-round-accuracy is the primary result",
+            "wall-seconds": time.perf_counter() - self._t_start,
+            "run-dir": str(self.dir),
+        }
+        atomic_write_json(self.dir / "summary.json", summary)
+        log(INFO, "Final-round accuracy %.2f%% | best-round accuracy %.2f%% (round %d) | %s",
+            100 * self.accuracy[-1], 100 * self.accuracy[best], self.rounds[best], self.dir)
+        return summary

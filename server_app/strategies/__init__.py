@@ -1,0 +1,30 @@
+"""Strategy registry: method name (run config ``method``) -> strategy class.
+
+Each class subclasses a Flower strategy in its own file and has a
+``from_config(cfg, **flower_kwargs)`` constructor.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import Strategy
+
+from server_app.strategies.fedavg import FedAvg
+from server_app.strategies.fedprox import FedProx
+from server_app.strategies.moon import Moon
+
+__all__ = ["FedAvg", "FedProx", "Moon", "STRATEGIES", "get_strategy_class"]
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "moon": Moon,
+}
+
+
+def get_strategy_class(method: str) -> type[Strategy]:
+    """The strategy class of a method, with an error listing the valid ones."""
+    if method not in STRATEGIES:
+        raise ValueError(
+            f"unknown method {method!r}; valid: {', '.join(sorted(STRATEGIES))}"
+        )
+    return STRATEGIES[method]

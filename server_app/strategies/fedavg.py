@@ -1,0 +1,23 @@
+"""FedAvg: cross-entropy on the client, weighted mean on the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from common.config import RunConfig
+
+
+class FedAvg(FlowerFedAvg):
+    """Federated averaging (McMahan et al. 2017, https://arxiv.org/abs/1602.05629).
+
+    Flower's FedAvg unchanged; it adds only a constructor from the run config so
+    the registry can build every method the same way. The client trains with
+    cross-entropy alone because the train config carries no method key.
+    """
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedAvg:
+        """Build from the run config; ``kwargs`` are Flower's FedAvg arguments."""
+        return cls(**kwargs)

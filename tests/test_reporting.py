@@ -1,0 +1,91 @@
+"""Run outputs: files written, labelled summary, nothing overwritten, safe IO."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+from safetensors.torch import load_file
+
+from common.config import RunConfig
+from common.evaluation import EvalResult, evaluate
+from common.io import append_jsonl, atomic_write_json, read_jsonl
+from common.models import build_model
+from common.partition import DataSplit
+from server_app.reporting import RunRecorder
+
+
+def _result(acc):
+    return EvalResult(accuracy=acc, loss=1.0 - acc, per_class_accuracy=[acc] * 3, num_examples=30)
+
+
+def test_run_folder_has_every_output(defaults, tmp_path):
+    cfg = RunConfig.from_run_config({**defaults, "output-dir": str(tmp_path), "run-name": "r1",
+                                     "num-clients": 2, "num-server-rounds": 3})
+    rec = RunRecorder(cfg)
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    rec.save_partition(DataSplit(public=np.array([5]), clients=[np.array([0, 1]), np.array([2, 3, 4])]),
+                       labels, ["a", "b", "c"])
+    for rnd, acc in enumerate([0.1, 0.6, 0.8, 0.7]):
+        rec.record_round(rnd, _result(acc), eval_seconds=0.1)
+    model = build_model("resnet10", 1, 3, 4, 28)
+    summary = rec.finish(ArrayRecord(model.state_dict()), model)
+
+    run = tmp_path / "r1"
+    for name in ["config.json", "partition_counts.csv", "partition_heatmap.png",
+                 "metrics.jsonl", "accuracy.png", "summary.json", "model.safetensors"]:
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "partition_counts.csv").read_text().splitlines() == [
+        "partition,a,b,c,total", "0,2,0,0,2", "1,0,1,2,3", "public,0,0,1,1"]
+    assert [r["round"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert summary["final-round-accuracy"] == 0.7
+    assert summary["best-round-accuracy"] == 0.8 and summary["best-round"] == 2
+    assert json.loads((run / "summary.json").read_text()) == summary
+    state = load_file(run / "model.safetensors")
+    assert state["bn1.num_batches_tracked"].dtype == torch.int64
+
+
+def test_existing_run_folder_is_never_overwritten(defaults, tmp_path):
+    cfg = RunConfig.from_run_config({**defaults, "output-dir": str(tmp_path), "run-name": "r1"})
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="choose another run-name"):
+        RunRecorder(cfg)
+    assert (tmp_path / "r1" / "summary.json").read_text() == "{}"
+
+
+def test_torn_last_jsonl_line_is_skipped_but_a_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "m.jsonl"
+    append_jsonl(path, {"round": 0})
+    append_jsonl(path, {"round": 1})
+    with open(path, "a") as f:
+        f.write('{"round": 2, "central-acc')  # crash mid-write
+    assert [r["round"] for r in read_jsonl(path)] == [0, 1]
+    path.write_text('{"round": 0}\n{oops\n{"round": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_jsonl(path)
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "s.json"
+    atomic_write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_evaluate_per_class_accuracy_hand_computed():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            from common.models import ModelOutput
+            logits = torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float()
+            return ModelOutput(logits, logits)
+
+    # predictions = first pixel; labels differ on 1 of 2 class-1 samples
+    x = torch.tensor([0, 1, 2, 2, 2]).float().view(5, 1, 1, 1)
+    y = torch.tensor([0, 1, 1, 2, 2])
+    result = evaluate(Fixed(), x, y, num_classes=3, batch_size=2)
+    assert result.accuracy == pytest.approx(4 / 5)
+    assert result.per_class_accuracy == pytest.approx([1.0, 0.5, 1.0])
