@@ -31,7 +31,7 @@ class RunConfig:
 
     # method and federation
     method: str = "fedavg"
-    num_server_rounds: int = 10
+    num_server_rounds: int = 20
     num_clients: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
@@ -54,7 +54,7 @@ class RunConfig:
     dirichlet_beta: float = 0.5
     longtail_rho: float = 10.0
     min_partition_size: int = 10
-    max_samples_per_client: int = 0
+    max_samples_per_client: int = 3000
     public_split_size: int = 0
     augment: bool = False
     # model
