@@ -71,9 +71,13 @@ def plain_pytorch_rounds(cfg: RunConfig, rounds: int) -> list[float]:
     """Seconds per round of the same local training without Flower."""
     torch.manual_seed(cfg.seed)
     global_model = make_model(cfg)
-    settings = LocalSettings(lr=cfg.learning_rate, momentum=cfg.momentum,
-                             weight_decay=cfg.weight_decay, epochs=cfg.local_epochs,
-                             batch_size=cfg.batch_size)
+    settings = LocalSettings(
+        lr=cfg.learning_rate,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+    )
     data = [client_tensors(cfg, pid) for pid in range(cfg.num_clients)]
     times = []
     for rnd in range(1, rounds + 1):
@@ -86,31 +90,49 @@ def plain_pytorch_rounds(cfg: RunConfig, rounds: int) -> list[float]:
             states.append(local.state_dict())
             weights.append(len(y))
         total = sum(weights)
-        avg = {k: sum(s[k].double() * w for s, w in zip(states, weights, strict=True)) / total
-               for k in states[0]}
-        global_model.load_state_dict({k: v.to(states[0][k].dtype) for k, v in avg.items()})
+        avg = {
+            k: sum(s[k].double() * w for s, w in zip(states, weights, strict=True))
+            / total
+            for k in states[0]
+        }
+        global_model.load_state_dict(
+            {k: v.to(states[0][k].dtype) for k, v in avg.items()}
+        )
         times.append(time.perf_counter() - t0)
         print(f"  plain PyTorch round {rnd}: {times[-1]:.1f} s", flush=True)
     return times
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--samples", type=int, default=2000, help="samples per client")
-    parser.add_argument("--out", type=Path, default=APP_DIR / "benchmarks" / "results" / "overhead")
+    parser.add_argument(
+        "--out", type=Path, default=APP_DIR / "benchmarks" / "results" / "overhead"
+    )
     args = parser.parse_args(argv)
 
-    overrides = {"method": "fedavg", "num-clients": args.clients, "partitioner": "iid",
-                 "num-server-rounds": args.rounds, "max-samples-per-client": args.samples,
-                 "output-dir": str(args.out / "runs"),
-                 "run-name": f"fedavg-overhead-{time.strftime('%Y%m%d-%H%M%S')}"}
+    overrides = {
+        "method": "fedavg",
+        "num-clients": args.clients,
+        "partitioner": "iid",
+        "num-server-rounds": args.rounds,
+        "max-samples-per-client": args.samples,
+        "output-dir": str(args.out / "runs"),
+        "run-name": f"fedavg-overhead-{time.strftime('%Y%m%d-%H%M%S')}",
+    }
     cfg = RunConfig.from_run_config({**app_defaults(APP_DIR), **overrides})
 
-    print(f"[1/2] Flower simulation: {args.rounds} rounds x {args.clients} clients x "
-          f"{args.samples} samples", flush=True)
+    print(
+        f"[1/2] Flower simulation: {args.rounds} rounds x {args.clients} clients x "
+        f"{args.samples} samples",
+        flush=True,
+    )
     sampler = PeakMemory({"client": "ClientAppActor", "server": "flwr-simulation"})
     sampler.start()
     result = run_simulation(APP_DIR, overrides, stream=False)
@@ -123,16 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     flower_round = [r["round-seconds"] for r in rows]
     eval_s = [r["eval-seconds"] for r in rows]
 
-    print(f"[2/2] plain PyTorch, same steps, torch threads = {torch.get_num_threads()}",
-          flush=True)
+    print(
+        f"[2/2] plain PyTorch, same steps, torch threads = {torch.get_num_threads()}",
+        flush=True,
+    )
     plain = plain_pytorch_rounds(cfg, args.rounds)
 
     # Round 1 pays one-off costs (actor start, data load); report the rest.
     steady = slice(1, None) if args.rounds > 1 else slice(None)
     f_med = statistics.median(flower_train[steady])
     p_med = statistics.median(plain[steady])
-    steps = sum(-(-len(client_tensors(cfg, pid)[1]) // cfg.batch_size)
-                for pid in range(args.clients))
+    steps = sum(
+        -(-len(client_tensors(cfg, pid)[1]) // cfg.batch_size)
+        for pid in range(args.clients)
+    )
     report = (
         f"FedAvg, {args.clients} clients x {args.samples} samples, ResNet-10 width "
         f"{cfg.model_width}, batch {cfg.batch_size}, {steps} SGD steps per round, "

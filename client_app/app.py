@@ -46,7 +46,9 @@ def train(msg: Message, context: Context) -> Message:
     prev_model = None
     if settings.moon_mu is not None and keys.PREV_LOCAL_MODEL in context.state:
         prev_model = make_model(cfg)
-        prev_model.load_state_dict(context.state[keys.PREV_LOCAL_MODEL].to_torch_state_dict())
+        prev_model.load_state_dict(
+            context.state[keys.PREV_LOCAL_MODEL].to_torch_state_dict()
+        )
 
     metrics = train_fn(
         model,
@@ -57,14 +59,20 @@ def train(msg: Message, context: Context) -> Message:
         augment=cfg.augment,
         device=device,
         # A distinct, reproducible stream per (run seed, client, round).
-        seed=int(np.random.SeedSequence([cfg.seed, partition_id, server_round]).generate_state(1)[0]),
+        seed=int(
+            np.random.SeedSequence(
+                [cfg.seed, partition_id, server_round]
+            ).generate_state(1)[0]
+        ),
     )
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if settings.moon_mu is not None:
         context.state[keys.PREV_LOCAL_MODEL] = ArrayRecord(state)
 
     metrics[keys.NUM_EXAMPLES] = len(labels)
-    content = RecordDict({keys.ARRAYS: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)})
+    content = RecordDict(
+        {keys.ARRAYS: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)}
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -73,10 +81,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's partition."""
     cfg, _, device, images, labels, model = _setup(msg, context)
     num_classes = get_spec(cfg.dataset).num_classes
-    result = evaluate_fn(model, images, labels, num_classes, cfg.eval_batch_size, device)
+    result = evaluate_fn(
+        model, images, labels, num_classes, cfg.eval_batch_size, device
+    )
     metrics = {
         keys.EVAL_LOSS: result.loss,
         keys.EVAL_ACCURACY: result.accuracy,
         keys.NUM_EXAMPLES: result.num_examples,
     }
-    return Message(content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(
+        content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg
+    )

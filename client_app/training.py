@@ -39,7 +39,13 @@ class LocalSettings:
         """Read the train ConfigRecord; method keys are optional."""
         missing = [
             k
-            for k in (keys.LR, keys.MOMENTUM, keys.WEIGHT_DECAY, keys.LOCAL_EPOCHS, keys.BATCH_SIZE)
+            for k in (
+                keys.LR,
+                keys.MOMENTUM,
+                keys.WEIGHT_DECAY,
+                keys.LOCAL_EPOCHS,
+                keys.BATCH_SIZE,
+            )
             if k not in config
         ]
         if missing:
@@ -50,7 +56,9 @@ class LocalSettings:
             weight_decay=float(config[keys.WEIGHT_DECAY]),
             epochs=int(config[keys.LOCAL_EPOCHS]),
             batch_size=int(config[keys.BATCH_SIZE]),
-            proximal_mu=float(config[keys.PROXIMAL_MU]) if keys.PROXIMAL_MU in config else None,
+            proximal_mu=float(config[keys.PROXIMAL_MU])
+            if keys.PROXIMAL_MU in config
+            else None,
             moon_mu=float(config[keys.MOON_MU]) if keys.MOON_MU in config else None,
             moon_tau=float(config.get(keys.MOON_TAU, 0.5)),
         )
@@ -112,7 +120,9 @@ def train(
     global_model = None
     if settings.moon_mu is not None:
         global_model = _frozen_copy(model)
-        prev_model = _frozen_copy(prev_model if prev_model is not None else model).to(device)
+        prev_model = _frozen_copy(prev_model if prev_model is not None else model).to(
+            device
+        )
 
     sums = {"loss": 0.0, "ce": 0.0, "prox": 0.0, "moon": 0.0, "correct": 0.0}
     seen, steps, t0 = 0, 0, time.perf_counter()
@@ -132,14 +142,18 @@ def train(
             ce = F.cross_entropy(out.logits, y)
             loss = ce
             if global_params is not None:
-                prox = proximal_term(model.parameters(), global_params, settings.proximal_mu)
+                prox = proximal_term(
+                    model.parameters(), global_params, settings.proximal_mu
+                )
                 loss = loss + prox
                 sums["prox"] += prox.item() * len(y)
             if global_model is not None:
                 with torch.no_grad():
                     z_global = global_model(x).embedding
                     z_prev = prev_model(x).embedding
-                con = moon_contrastive(out.embedding, z_global, z_prev, settings.moon_tau)
+                con = moon_contrastive(
+                    out.embedding, z_global, z_prev, settings.moon_tau
+                )
                 loss = loss + settings.moon_mu * con
                 sums["moon"] += con.item() * len(y)
 

@@ -133,7 +133,9 @@ class RunConfig:
             self.learning_rate > 0, "learning-rate", self.learning_rate, "a float > 0"
         )
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "a float in [0, 1)")
-        _check(self.weight_decay >= 0, "weight-decay", self.weight_decay, "a float >= 0")
+        _check(
+            self.weight_decay >= 0, "weight-decay", self.weight_decay, "a float >= 0"
+        )
         _check(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "a float >= 0")
         _check(self.moon_mu >= 0, "moon-mu", self.moon_mu, "a float >= 0")
         _check(self.moon_tau > 0, "moon-tau", self.moon_tau, "a float > 0")
@@ -206,7 +208,9 @@ def _cast(key: str, value: Any, type_name: str) -> Any:
 
 def _check(ok: bool, key: str, value: Any, valid: str) -> None:
     if not ok:
-        raise ConfigError(f"run-config '{key}' = {value!r} is invalid; expected {valid}")
+        raise ConfigError(
+            f"run-config '{key}' = {value!r} is invalid; expected {valid}"
+        )
 
 
 def _one_of(key: str, value: str, registry: Mapping[str, Any]) -> None:

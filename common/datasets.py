@@ -79,7 +79,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _load_idx_pair(root: Path, how_to_get: str) -> tuple[Split, Split]:
     files = {
-        (split, kind): root / f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
+        (split, kind): root
+        / f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
         for split, prefix in [("train", "train"), ("test", "t10k")]
         for kind in ("images", "labels")
     }
@@ -93,7 +94,9 @@ def _load_idx_pair(root: Path, how_to_get: str) -> tuple[Split, Split]:
         images = read_idx(files[(split, "images")])
         labels = read_idx(files[(split, "labels")])
         if len(images) != len(labels):
-            raise ValueError(f"{root}: {split} has {len(images)} images, {len(labels)} labels")
+            raise ValueError(
+                f"{root}: {split} has {len(images)} images, {len(labels)} labels"
+            )
         splits.append(
             Split(
                 torch.from_numpy(images.copy()).unsqueeze(1),
@@ -195,8 +198,16 @@ DATASETS: dict[str, DatasetSpec] = {
         in_channels=1,
         image_size=28,
         class_names=(
-            "t-shirt", "trouser", "pullover", "dress", "coat",
-            "sandal", "shirt", "sneaker", "bag", "ankle boot",
+            "t-shirt",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle boot",
         ),  # fmt: skip
         mean=(0.2860,),
         std=(0.3530,),
@@ -242,7 +253,9 @@ DATASETS: dict[str, DatasetSpec] = {
 def get_spec(name: str) -> DatasetSpec:
     """Look up a dataset by name, with an error listing the valid ones."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+        raise ValueError(
+            f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}"
+        )
     return DATASETS[name]
 
 

@@ -14,14 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def proximal_term(params: Iterable[Tensor], global_params: Iterable[Tensor], mu: float) -> Tensor:
+def proximal_term(
+    params: Iterable[Tensor], global_params: Iterable[Tensor], mu: float
+) -> Tensor:
     """FedProx proximal term ``mu / 2 * ||w - w_global||^2``.
 
     Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020,
     https://arxiv.org/abs/1812.06127, Eq. (2). ``global_params`` are the weights
     received this round (treated as constants).
     """
-    sq = [(w - g.detach()).pow(2).sum() for w, g in zip(params, global_params, strict=True)]
+    sq = [
+        (w - g.detach()).pow(2).sum()
+        for w, g in zip(params, global_params, strict=True)
+    ]
     return 0.5 * mu * torch.stack(sq).sum()
 
 

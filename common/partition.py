@@ -60,7 +60,9 @@ class DataSplit:
 
     def label_counts(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
         """(num_clients, num_classes) table of how many samples of each class."""
-        return np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in self.clients])
+        return np.stack(
+            [np.bincount(labels[idx], minlength=num_classes) for idx in self.clients]
+        )
 
 
 Partitioner = Callable[[np.ndarray, Partitioning], list[np.ndarray]]
@@ -133,7 +135,9 @@ def extreme(labels: np.ndarray, p: Partitioning) -> list[np.ndarray]:
             continue
         n_all = len(idx) // p.num_partitions
         parts[-1].append(idx[:n_all])
-        for owner, chunk in zip(owners, np.array_split(idx[n_all:], len(owners)), strict=True):
+        for owner, chunk in zip(
+            owners, np.array_split(idx[n_all:], len(owners)), strict=True
+        ):
             parts[owner].append(chunk)
     return [rng.permutation(np.concatenate(chunks)) for chunks in parts]
 
@@ -181,7 +185,8 @@ def carve_public_split(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     take = np.floor(quota).astype(int)
     take[np.argsort(quota - take)[::-1][: size - take.sum()]] += 1
     chosen = [
-        rng.permutation(np.flatnonzero(labels == c))[: take[c]] for c in range(num_classes)
+        rng.permutation(np.flatnonzero(labels == c))[: take[c]]
+        for c in range(num_classes)
     ]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 

@@ -113,13 +113,17 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited early with code {proc.returncode}")
+            raise RuntimeError(
+                f"flower-superlink exited early with code {proc.returncode}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
                 return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"flower-superlink did not answer on port {port} within {timeout} s")
+    raise TimeoutError(
+        f"flower-superlink did not answer on port {port} within {timeout} s"
+    )
 
 
 def descendants(pid: int) -> list[int]:
@@ -163,16 +167,24 @@ def stop_tree(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         pass
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
+    while time.monotonic() < deadline and any(
+        Path(f"/proc/{p}").exists() for p in tree
+    ):
         time.sleep(0.2)
     _kill([proc.pid, *tree, *descendants(proc.pid)], signal.SIGKILL)
     proc.wait()
 
 
-def _run_status(flwr: str, env: dict[str, str], run_id: int | None) -> tuple[int | None, str]:
+def _run_status(
+    flwr: str, env: dict[str, str], run_id: int | None
+) -> tuple[int | None, str]:
     out = subprocess.run(
         [flwr, "ls", "local-sim", "--format", "json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     ).stdout
     try:
         runs = json.loads(out)["runs"]
@@ -223,21 +235,45 @@ def run_simulation(
     )
     t0 = time.perf_counter()
     link = subprocess.Popen(
-        [superlink, "--insecure", "--simulation", "--disable-runtime-dependency-installation",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=open(flwr_home / "superlink.out", "w"), stderr=subprocess.STDOUT,
+        [
+            superlink,
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=open(flwr_home / "superlink.out", "w"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # keep Ctrl-C of this launcher from racing our cleanup
     )
     output_lines: list[str] = []
     run_id, status = None, "not started"
     try:
         _wait_healthy(port, link)
-        cmd = [flwr, "run", str(app_dir), "local-sim", "--stream",
-               "--run-config", to_toml_overrides(overrides),
-               "--federation-config",
-               f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}"]
-        with subprocess.Popen(cmd, env=env, cwd=app_dir, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1) as run:
+        cmd = [
+            flwr,
+            "run",
+            str(app_dir),
+            "local-sim",
+            "--stream",
+            "--run-config",
+            to_toml_overrides(overrides),
+            "--federation-config",
+            f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}",
+        ]
+        with subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=app_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as run:
             deadline = time.monotonic() + timeout
             assert run.stdout is not None
             for line in run.stdout:
@@ -258,34 +294,68 @@ def run_simulation(
         shutil.rmtree(flwr_home, ignore_errors=True)
     else:
         output_lines.append(f"(SuperLink log kept in {flwr_home}/superlink.out)\n")
-    return SimulationResult(run_id, status, run_dir, "".join(output_lines),
-                            time.perf_counter() - t0, link.pid)
+    return SimulationResult(
+        run_id,
+        status,
+        run_dir,
+        "".join(output_lines),
+        time.perf_counter() - t0,
+        link.pid,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local_sim",
         description="Run the SemanticFL app in Flower's simulation engine and check it "
-                    "completed (defaults: pyproject.toml [tool.flwr.app.config]).",
+        "completed (defaults: pyproject.toml [tool.flwr.app.config]).",
     )
     parser.add_argument("--app", default=".", help="app folder (holds pyproject.toml)")
-    parser.add_argument("--run-config", "-c", action="append", default=None,
-                        help="overrides, as for flwr run: \"k=v k2='s'\" or a .toml file")
-    parser.add_argument("--num-supernodes", type=int, default=None,
-                        help="simulated SuperNodes (default: num-clients)")
-    parser.add_argument("--cpus-per-client", type=int, default=1,
-                        help="CPUs Ray reserves per ClientApp (default 1)")
-    parser.add_argument("--quiet", action="store_true", help="do not stream the run's log")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=None,
+        help="overrides, as for flwr run: \"k=v k2='s'\" or a .toml file",
+    )
+    parser.add_argument(
+        "--num-supernodes",
+        type=int,
+        default=None,
+        help="simulated SuperNodes (default: num-clients)",
+    )
+    parser.add_argument(
+        "--cpus-per-client",
+        type=int,
+        default=1,
+        help="CPUs Ray reserves per ClientApp (default 1)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="do not stream the run's log"
+    )
     args = parser.parse_args(argv)
     try:
         overrides = parse_config_args(args.run_config)
-        result = run_simulation(args.app, overrides, num_supernodes=args.num_supernodes,
-                                cpus_per_client=args.cpus_per_client, stream=not args.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError, RuntimeError) as exc:
+        result = run_simulation(
+            args.app,
+            overrides,
+            num_supernodes=args.num_supernodes,
+            cpus_per_client=args.cpus_per_client,
+            stream=not args.quiet,
+        )
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        TimeoutError,
+        RuntimeError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"\nrun {result.run_id}: {result.status} in {result.seconds:.0f} s; "
-          f"outputs in {result.run_dir}")
+    print(
+        f"\nrun {result.run_id}: {result.status} in {result.seconds:.0f} s; "
+        f"outputs in {result.run_dir}"
+    )
     if not result.ok:
         print("the run did not complete; its log is above", file=sys.stderr)
         return 1

@@ -43,7 +43,12 @@ def main(grid: Grid, context: Context) -> None:
         t0 = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate(
-            model, test_images, test_labels, spec.num_classes, cfg.eval_batch_size, device
+            model,
+            test_images,
+            test_labels,
+            spec.num_classes,
+            cfg.eval_batch_size,
+            device,
         )
         recorder.record_round(server_round, result, time.perf_counter() - t0)
         return MetricRecord(

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.io import atomic_write  # noqa: E402
 
@@ -19,16 +20,24 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(rounds: Sequence[int], accuracy: Sequence[float], title: str, path: Path) -> None:
+def plot_accuracy(
+    rounds: Sequence[int], accuracy: Sequence[float], title: str, path: Path
+) -> None:
     """Global test accuracy per round, with the best round marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(rounds, np.asarray(accuracy) * 100, marker="o", ms=3)
     if len(accuracy):
         best = int(np.argmax(accuracy))
-        ax.scatter([rounds[best]], [accuracy[best] * 100], color="tab:red", zorder=3,
-                   label=f"best {accuracy[best] * 100:.2f}% (round {rounds[best]})")
+        ax.scatter(
+            [rounds[best]],
+            [accuracy[best] * 100],
+            color="tab:red",
+            zorder=3,
+            label=f"best {accuracy[best] * 100:.2f}% (round {rounds[best]})",
+        )
         ax.legend(loc="lower right")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("global test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -36,23 +45,35 @@ def plot_accuracy(rounds: Sequence[int], accuracy: Sequence[float], title: str, 
     _save(fig, path)
 
 
-def plot_partition_heatmap(counts: np.ndarray, class_names: Sequence[str], title: str,
-                           path: Path) -> None:
+def plot_partition_heatmap(
+    counts: np.ndarray, class_names: Sequence[str], title: str, path: Path
+) -> None:
     """Clients x classes sample counts (numbers in the cells for small tables)."""
     num_clients, num_classes = counts.shape
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * num_classes + 2), max(3, 0.4 * num_clients + 1.5)))
+    fig, ax = plt.subplots(
+        figsize=(max(5, 0.6 * num_classes + 2), max(3, 0.4 * num_clients + 1.5))
+    )
     im = ax.imshow(counts, aspect="auto", cmap="viridis")
     ax.set_xlabel("class")
     ax.set_ylabel("client (partition-id)")
     ax.set_yticks(range(num_clients))
     if num_classes <= 20:
-        ax.set_xticks(range(num_classes), class_names, rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(
+            range(num_classes), class_names, rotation=45, ha="right", fontsize=7
+        )
     if num_clients * num_classes <= 400:
         vmax = counts.max() or 1
         for i in range(num_clients):
             for j in range(num_classes):
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if counts[i, j] < 0.6 * vmax else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if counts[i, j] < 0.6 * vmax else "black",
+                )
     fig.colorbar(im, ax=ax, label="samples")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -63,23 +63,45 @@ class RunRecorder:
         self._t_last = self._t_start
         atomic_write_json(self.dir / "config.json", cfg.to_run_config())
 
-    def save_partition(self, split: DataSplit, labels: np.ndarray, class_names: list[str]) -> None:
+    def save_partition(
+        self, split: DataSplit, labels: np.ndarray, class_names: list[str]
+    ) -> None:
         """Label-count table (CSV) and heatmap of the client partitions."""
         counts = split.label_counts(labels, len(class_names))
         header = "partition," + ",".join(class_names) + ",total"
-        rows = [f"{i}," + ",".join(map(str, row)) + f",{row.sum()}" for i, row in enumerate(counts)]
+        rows = [
+            f"{i}," + ",".join(map(str, row)) + f",{row.sum()}"
+            for i, row in enumerate(counts)
+        ]
         if len(split.public):
             public = np.bincount(labels[split.public], minlength=len(class_names))
             rows.append("public," + ",".join(map(str, public)) + f",{public.sum()}")
-        atomic_write_text(self.dir / "partition_counts.csv", "\n".join([header, *rows]) + "\n")
-        title = (f"{self.cfg.dataset}, {self.cfg.partitioner}"
-                 + (f" beta={self.cfg.dirichlet_beta}" if "dirichlet" in self.cfg.partitioner else "")
-                 + f", {self.cfg.num_clients} clients")
-        plot_partition_heatmap(counts, class_names, title, self.dir / "partition_heatmap.png")
-        log(INFO, "Partition sizes: %s (public split: %d)",
-            [int(c) for c in counts.sum(1)], len(split.public))
+        atomic_write_text(
+            self.dir / "partition_counts.csv", "\n".join([header, *rows]) + "\n"
+        )
+        plot_partition_heatmap(
+            counts, class_names, self._setting(), self.dir / "partition_heatmap.png"
+        )
+        log(
+            INFO,
+            "Partition sizes: %s (public split: %d)",
+            [int(c) for c in counts.sum(1)],
+            len(split.public),
+        )
 
-    def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    def _setting(self) -> str:
+        """Plot title: dataset, split and federation size."""
+        c = self.cfg
+        split = c.partitioner
+        if "dirichlet" in split:
+            split += f" beta={c.dirichlet_beta}"
+        if "longtail" in split:
+            split += f" rho={c.longtail_rho}"
+        return f"{c.dataset}, {split}, {c.num_clients} clients"
+
+    def aggregate_train_metrics(
+        self, records: list[RecordDict], weighting_key: str
+    ) -> MetricRecord:
         """Flower's weighted metric mean, remembered for this round's metrics line."""
         aggregated = aggregate_metricrecords(records, weighting_key)
         self._pending_train = dict(aggregated)
@@ -99,7 +121,9 @@ class RunRecorder:
                 "reply was an error; the ClientApp errors are logged above)"
             )
 
-    def record_round(self, server_round: int, result: EvalResult, eval_seconds: float) -> None:
+    def record_round(
+        self, server_round: int, result: EvalResult, eval_seconds: float
+    ) -> None:
         """Append the round's metrics line, redraw the curve, print one line."""
         now = time.perf_counter()
         self.rounds.append(server_round)
@@ -116,17 +140,26 @@ class RunRecorder:
             "train": self._pending_train,
         }
         append_jsonl(self.metrics_path, row)
-        title = f"{self.cfg.method} on {self.cfg.dataset} ({self.cfg.partitioner}, {self.cfg.num_clients} clients)"
-        plot_accuracy(self.rounds, self.accuracy, title, self.dir / "accuracy.png")
+        plot_accuracy(
+            self.rounds,
+            self.accuracy,
+            f"{self.cfg.method}: {self._setting()}",
+            self.dir / "accuracy.png",
+        )
         train_loss = self._pending_train.get(keys.TRAIN_LOSS)
         log(
             INFO,
             "[round %d/%d] test accuracy %.2f%% | test loss %.4f | best %.2f%% (round %d)"
             " | train loss %s | %.1f s (eval %.1f s)",
-            server_round, self.cfg.num_server_rounds, 100 * result.accuracy, result.loss,
-            100 * self.accuracy[best], self.rounds[best],
+            server_round,
+            self.cfg.num_server_rounds,
+            100 * result.accuracy,
+            result.loss,
+            100 * self.accuracy[best],
+            self.rounds[best],
             "-" if train_loss is None else f"{train_loss:.4f}",
-            now - self._t_last, eval_seconds,
+            now - self._t_last,
+            eval_seconds,
         )
         self._pending_train = {}
         self._t_last = time.perf_counter()
@@ -137,7 +170,9 @@ class RunRecorder:
         # Aggregation turns BatchNorm's integer counters into floats; saving the
         # model's own state_dict restores the original dtypes.
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        atomic_write(self.dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        atomic_write(
+            self.dir / "model.safetensors", lambda tmp: save_file(state, str(tmp))
+        )
         best = int(np.argmax(self.accuracy))
         summary = {
             "method": self.cfg.method,
@@ -150,11 +185,17 @@ class RunRecorder:
             "best-round": self.rounds[best],
             "best-round-accuracy": self.accuracy[best],
             "best-round-note": "best over evaluated rounds (the papers report this); "
-                               "final-round-accuracy is the primary result",
+            "final-round-accuracy is the primary result",
             "wall-seconds": time.perf_counter() - self._t_start,
             "run-dir": str(self.dir),
         }
         atomic_write_json(self.dir / "summary.json", summary)
-        log(INFO, "Final-round accuracy %.2f%% | best-round accuracy %.2f%% (round %d) | %s",
-            100 * self.accuracy[-1], 100 * self.accuracy[best], self.rounds[best], self.dir)
+        log(
+            INFO,
+            "Final-round accuracy %.2f%% | best-round accuracy %.2f%% (round %d) | %s",
+            100 * self.accuracy[-1],
+            100 * self.accuracy[best],
+            self.rounds[best],
+            self.dir,
+        )
         return summary

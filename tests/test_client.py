@@ -16,15 +16,26 @@ SMALL = {"num-clients": 20, "partitioner": "iid", "max-samples-per-client": 256}
 
 
 def _settings(**method_keys):
-    return LocalSettings(lr=0.05, momentum=0.9, weight_decay=0.0, epochs=2, batch_size=32,
-                         **method_keys)
+    return LocalSettings(
+        lr=0.05, momentum=0.9, weight_decay=0.0, epochs=2, batch_size=32, **method_keys
+    )
 
 
 def _train_msg(model, **extra) -> Message:
-    config = ConfigRecord({keys.LR: 0.05, keys.MOMENTUM: 0.9, keys.WEIGHT_DECAY: 0.0,
-                           keys.LOCAL_EPOCHS: 1, keys.BATCH_SIZE: 32, keys.SERVER_ROUND: 1,
-                           **extra})
-    content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.CONFIG: config})
+    config = ConfigRecord(
+        {
+            keys.LR: 0.05,
+            keys.MOMENTUM: 0.9,
+            keys.WEIGHT_DECAY: 0.0,
+            keys.LOCAL_EPOCHS: 1,
+            keys.BATCH_SIZE: 32,
+            keys.SERVER_ROUND: 1,
+            **extra,
+        }
+    )
+    content = RecordDict(
+        {keys.ARRAYS: ArrayRecord(model.state_dict()), keys.CONFIG: config}
+    )
     return Message(content=content, dst_node_id=7, message_type="train")
 
 
@@ -58,8 +69,11 @@ def test_fedprox_term_is_zero_at_start_and_positive_after(defaults):
     model = make_model(cfg)
     metrics = train(model, x, y, _settings(proximal_mu=1.0), seed=0)
     assert metrics[keys.TRAIN_PROX] > 0
-    assert math.isclose(metrics[keys.TRAIN_LOSS], metrics[keys.TRAIN_CE] + metrics[keys.TRAIN_PROX],
-                        rel_tol=1e-6)
+    assert math.isclose(
+        metrics[keys.TRAIN_LOSS],
+        metrics[keys.TRAIN_CE] + metrics[keys.TRAIN_PROX],
+        rel_tol=1e-6,
+    )
 
 
 def test_moon_first_round_term_is_log2(defaults):
@@ -67,40 +81,66 @@ def test_moon_first_round_term_is_log2(defaults):
     x, y = client_tensors(cfg, 3)
     model = make_model(cfg)
     # one step: the model has not moved yet when the first term is computed
-    settings = LocalSettings(lr=0.05, momentum=0.9, weight_decay=0.0, epochs=1,
-                             batch_size=len(y), moon_mu=1.0, moon_tau=0.5)
+    settings = LocalSettings(
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        epochs=1,
+        batch_size=len(y),
+        moon_mu=1.0,
+        moon_tau=0.5,
+    )
     metrics = train(model, x, y, settings, seed=0)
     assert math.isclose(metrics[keys.TRAIN_MOON], math.log(2), rel_tol=1e-5)
 
 
 def test_client_handler_keeps_moon_previous_model_in_state(defaults, task_identity):
     cfg = RunConfig.from_run_config({**defaults, **SMALL})
-    context = Context(run_id=1, node_id=7, node_config={keys.PARTITION_ID: 4, keys.NUM_PARTITIONS: 20},
-                      state=RecordDict(), run_config=cfg.to_run_config())
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={keys.PARTITION_ID: 4, keys.NUM_PARTITIONS: 20},
+        state=RecordDict(),
+        run_config=cfg.to_run_config(),
+    )
     model = make_model(cfg)
-    reply = client.train(_train_msg(model, **{keys.MOON_MU: 1.0, keys.MOON_TAU: 0.5}), context)
+    reply = client.train(
+        _train_msg(model, **{keys.MOON_MU: 1.0, keys.MOON_TAU: 0.5}), context
+    )
     assert keys.PREV_LOCAL_MODEL in context.state
     stored = context.state[keys.PREV_LOCAL_MODEL].to_torch_state_dict()
     sent = reply.content[keys.ARRAYS].to_torch_state_dict()
     assert all(torch.equal(stored[k], sent[k]) for k in sent)
     assert reply.content[keys.METRICS][keys.NUM_EXAMPLES] == 256
     # Round 2 from the same global model: now z_prev != z_global, so the term moves off log 2
-    reply2 = client.train(_train_msg(model, **{keys.MOON_MU: 1.0, keys.MOON_TAU: 0.5}), context)
+    reply2 = client.train(
+        _train_msg(model, **{keys.MOON_MU: 1.0, keys.MOON_TAU: 0.5}), context
+    )
     assert abs(reply2.content[keys.METRICS][keys.TRAIN_MOON] - math.log(2)) > 1e-3
 
 
 def test_client_handler_without_moon_keeps_no_state(defaults, task_identity):
     cfg = RunConfig.from_run_config({**defaults, **SMALL})
-    context = Context(run_id=1, node_id=7, node_config={keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 20},
-                      state=RecordDict(), run_config=cfg.to_run_config())
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 20},
+        state=RecordDict(),
+        run_config=cfg.to_run_config(),
+    )
     client.train(_train_msg(make_model(cfg), **{keys.PROXIMAL_MU: 0.01}), context)
     assert keys.PREV_LOCAL_MODEL not in context.state
 
 
 def test_client_refuses_a_federation_of_the_wrong_size(defaults, task_identity):
     cfg = RunConfig.from_run_config({**defaults, **SMALL})
-    context = Context(run_id=1, node_id=7, node_config={keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 3},
-                      state=RecordDict(), run_config=cfg.to_run_config())
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 3},
+        state=RecordDict(),
+        run_config=cfg.to_run_config(),
+    )
     with pytest.raises(ValueError, match="num-supernodes=20"):
         client.train(_train_msg(make_model(cfg)), context)
 

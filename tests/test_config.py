@@ -41,7 +41,9 @@ def test_bad_values_fail_with_a_message_naming_the_key(defaults, override, messa
 
 
 def test_ints_are_accepted_for_floats_and_cast(defaults):
-    cfg = RunConfig.from_run_config({**defaults, "dirichlet-beta": 1, "num-clients": 4.0})
+    cfg = RunConfig.from_run_config(
+        {**defaults, "dirichlet-beta": 1, "num-clients": 4.0}
+    )
     assert cfg.dirichlet_beta == 1.0 and isinstance(cfg.dirichlet_beta, float)
     assert cfg.num_clients == 4 and isinstance(cfg.num_clients, int)
 

@@ -17,7 +17,9 @@ from common.datasets import (
 
 def test_fashion_mnist_from_debian_package():
     train, test = load_dataset("fashion-mnist")
-    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert (
+        train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    )
     assert test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
 

@@ -27,11 +27,22 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("method", ["moon"])
 def test_small_federation_completes_and_learns(method, tmp_path):
-    result = run_simulation(APP_DIR, {
-        "method": method, "num-clients": 3, "num-server-rounds": 2, "local-epochs": 2,
-        "partitioner": "dirichlet", "dirichlet-beta": 1.0, "max-samples-per-client": 600,
-        "output-dir": str(tmp_path), "run-name": "it",
-    }, stream=False, timeout=600)
+    result = run_simulation(
+        APP_DIR,
+        {
+            "method": method,
+            "num-clients": 3,
+            "num-server-rounds": 2,
+            "local-epochs": 2,
+            "partitioner": "dirichlet",
+            "dirichlet-beta": 1.0,
+            "max-samples-per-client": 600,
+            "output-dir": str(tmp_path),
+            "run-name": "it",
+        },
+        stream=False,
+        timeout=600,
+    )
     assert result.status == "finished:completed", result.output[-3000:]
     rows = read_jsonl(result.run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -44,10 +55,19 @@ def test_small_federation_completes_and_learns(method, tmp_path):
 
 def test_a_failing_run_is_reported_as_failed(tmp_path):
     # 2 SuperNodes for a 3-client split: every ClientApp refuses to train.
-    result = run_simulation(APP_DIR, {
-        "num-clients": 3, "num-server-rounds": 1, "max-samples-per-client": 100,
-        "output-dir": str(tmp_path), "run-name": "bad",
-    }, num_supernodes=2, stream=False, timeout=600)
+    result = run_simulation(
+        APP_DIR,
+        {
+            "num-clients": 3,
+            "num-server-rounds": 1,
+            "max-samples-per-client": 100,
+            "output-dir": str(tmp_path),
+            "run-name": "bad",
+        },
+        num_supernodes=2,
+        stream=False,
+        timeout=600,
+    )
     assert result.status != "finished:completed"
     assert not result.ok
     assert "num-supernodes=3" in result.output
@@ -58,5 +78,12 @@ def test_bad_config_fails_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError, match="dirichlet-beta"):
         run_simulation(APP_DIR, {"dirichlet-beta": 0.0, "output-dir": str(tmp_path)})
     with pytest.raises(ValueError, match="more than the"):
-        run_simulation(APP_DIR, {"num-clients": 70000, "min-partition-size": 0,
-                                 "partitioner": "iid", "output-dir": str(tmp_path)})
+        run_simulation(
+            APP_DIR,
+            {
+                "num-clients": 70000,
+                "min-partition-size": 0,
+                "partitioner": "iid",
+                "output-dir": str(tmp_path),
+            },
+        )

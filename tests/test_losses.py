@@ -8,7 +8,10 @@ from common.losses import moon_contrastive, proximal_term
 
 
 def test_proximal_term_hand_computed():
-    w = [torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([[3.0]], requires_grad=True)]
+    w = [
+        torch.tensor([1.0, 2.0], requires_grad=True),
+        torch.tensor([[3.0]], requires_grad=True),
+    ]
     g = [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])]
     # mu/2 * (1 + 4 + 4) = 0.1/2 * 9
     value = proximal_term(w, g, mu=0.1)
@@ -26,13 +29,17 @@ def test_moon_contrastive_hand_computed():
     tau = 0.5
     pos, neg = (1 / math.sqrt(2)) / tau, 0.0 / tau
     expected = -math.log(math.exp(pos) / (math.exp(pos) + math.exp(neg)))
-    assert math.isclose(moon_contrastive(z, z_glob, z_prev, tau).item(), expected, rel_tol=1e-6)
+    assert math.isclose(
+        moon_contrastive(z, z_glob, z_prev, tau).item(), expected, rel_tol=1e-6
+    )
 
 
 def test_moon_is_log2_when_global_equals_previous():
     z = torch.randn(8, 16)
     t = torch.randn(8, 16)
-    assert math.isclose(moon_contrastive(z, t, t, 0.5).item(), math.log(2), rel_tol=1e-6)
+    assert math.isclose(
+        moon_contrastive(z, t, t, 0.5).item(), math.log(2), rel_tol=1e-6
+    )
 
 
 def test_moon_teachers_are_detached():

@@ -25,7 +25,9 @@ def _all_indices(split):
 
 @pytest.mark.parametrize("name", sorted(PARTITIONERS))
 def test_no_sample_in_two_clients_or_public(name, fmnist_labels):
-    split = split_dataset(fmnist_labels, Partitioning(name, 10, beta=0.3, public_size=5000))
+    split = split_dataset(
+        fmnist_labels, Partitioning(name, 10, beta=0.3, public_size=5000)
+    )
     idx = _all_indices(split)
     assert len(np.unique(idx)) == len(idx)
     assert len(split.public) == 5000
@@ -38,7 +40,9 @@ def test_same_seed_same_split_other_seed_other_split(name, fmnist_labels):
     a, b = split_dataset(fmnist_labels, p), split_dataset(fmnist_labels, p)
     assert all(np.array_equal(x, y) for x, y in zip(a.clients, b.clients, strict=True))
     c = split_dataset(fmnist_labels, Partitioning(name, 8, beta=0.3, seed=8))
-    assert not all(np.array_equal(x, y) for x, y in zip(a.clients, c.clients, strict=True))
+    assert not all(
+        np.array_equal(x, y) for x, y in zip(a.clients, c.clients, strict=True)
+    )
 
 
 def test_lower_beta_gives_lower_label_entropy(fmnist_labels):
@@ -49,12 +53,16 @@ def test_lower_beta_gives_lower_label_entropy(fmnist_labels):
     e = [mean_entropy(b) for b in (0.05, 0.1, 0.5, 5.0)]
     assert e[0] < e[1] < e[2] < e[3]
     iid = split_dataset(fmnist_labels, Partitioning("iid", 10))
-    assert min(label_entropy(fmnist_labels, c, 10) for c in iid.clients) > 0.99 * np.log(10)
+    assert min(
+        label_entropy(fmnist_labels, c, 10) for c in iid.clients
+    ) > 0.99 * np.log(10)
 
 
 def test_dirichlet_and_iid_use_every_pool_sample(fmnist_labels):
     for name in ("iid", "dirichlet"):
-        split = split_dataset(fmnist_labels, Partitioning(name, 10, beta=0.5, public_size=1000))
+        split = split_dataset(
+            fmnist_labels, Partitioning(name, 10, beta=0.5, public_size=1000)
+        )
         assert len(_all_indices(split)) == len(fmnist_labels)
 
 
@@ -83,7 +91,9 @@ def test_longtail_then_dirichlet(fmnist_labels):
     counts = np.bincount(fmnist_labels[kept], minlength=10)
     assert counts[0] == 6000 and counts[9] == 600
     assert all(counts[i] >= counts[i + 1] for i in range(9))
-    split = split_dataset(fmnist_labels, Partitioning("longtail-dirichlet", 10, beta=0.5, rho=10.0))
+    split = split_dataset(
+        fmnist_labels, Partitioning("longtail-dirichlet", 10, beta=0.5, rho=10.0)
+    )
     assert len(_all_indices(split)) == counts.sum()
 
 

@@ -17,27 +17,52 @@ from server_app.reporting import RunRecorder
 
 
 def _result(acc):
-    return EvalResult(accuracy=acc, loss=1.0 - acc, per_class_accuracy=[acc] * 3, num_examples=30)
+    return EvalResult(
+        accuracy=acc, loss=1.0 - acc, per_class_accuracy=[acc] * 3, num_examples=30
+    )
 
 
 def test_run_folder_has_every_output(defaults, tmp_path):
-    cfg = RunConfig.from_run_config({**defaults, "output-dir": str(tmp_path), "run-name": "r1",
-                                     "num-clients": 2, "num-server-rounds": 3})
+    cfg = RunConfig.from_run_config(
+        {
+            **defaults,
+            "output-dir": str(tmp_path),
+            "run-name": "r1",
+            "num-clients": 2,
+            "num-server-rounds": 3,
+        }
+    )
     rec = RunRecorder(cfg)
     labels = np.array([0, 0, 1, 2, 2, 2])
-    rec.save_partition(DataSplit(public=np.array([5]), clients=[np.array([0, 1]), np.array([2, 3, 4])]),
-                       labels, ["a", "b", "c"])
+    rec.save_partition(
+        DataSplit(
+            public=np.array([5]), clients=[np.array([0, 1]), np.array([2, 3, 4])]
+        ),
+        labels,
+        ["a", "b", "c"],
+    )
     for rnd, acc in enumerate([0.1, 0.6, 0.8, 0.7]):
         rec.record_round(rnd, _result(acc), eval_seconds=0.1)
     model = build_model("resnet10", 1, 3, 4, 28)
     summary = rec.finish(ArrayRecord(model.state_dict()), model)
 
     run = tmp_path / "r1"
-    for name in ["config.json", "partition_counts.csv", "partition_heatmap.png",
-                 "metrics.jsonl", "accuracy.png", "summary.json", "model.safetensors"]:
+    for name in [
+        "config.json",
+        "partition_counts.csv",
+        "partition_heatmap.png",
+        "metrics.jsonl",
+        "accuracy.png",
+        "summary.json",
+        "model.safetensors",
+    ]:
         assert (run / name).stat().st_size > 0, name
     assert (run / "partition_counts.csv").read_text().splitlines() == [
-        "partition,a,b,c,total", "0,2,0,0,2", "1,0,1,2,3", "public,0,0,1,1"]
+        "partition,a,b,c,total",
+        "0,2,0,0,2",
+        "1,0,1,2,3",
+        "public,0,0,1,1",
+    ]
     assert [r["round"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
     assert summary["final-round-accuracy"] == 0.7
     assert summary["best-round-accuracy"] == 0.8 and summary["best-round"] == 2
@@ -47,7 +72,9 @@ def test_run_folder_has_every_output(defaults, tmp_path):
 
 
 def test_existing_run_folder_is_never_overwritten(defaults, tmp_path):
-    cfg = RunConfig.from_run_config({**defaults, "output-dir": str(tmp_path), "run-name": "r1"})
+    cfg = RunConfig.from_run_config(
+        {**defaults, "output-dir": str(tmp_path), "run-name": "r1"}
+    )
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "summary.json").write_text("{}")
     with pytest.raises(FileExistsError, match="choose another run-name"):
@@ -55,7 +82,9 @@ def test_existing_run_folder_is_never_overwritten(defaults, tmp_path):
     assert (tmp_path / "r1" / "summary.json").read_text() == "{}"
 
 
-def test_torn_last_jsonl_line_is_skipped_but_a_corrupt_middle_line_is_an_error(tmp_path):
+def test_torn_last_jsonl_line_is_skipped_but_a_corrupt_middle_line_is_an_error(
+    tmp_path,
+):
     path = tmp_path / "m.jsonl"
     append_jsonl(path, {"round": 0})
     append_jsonl(path, {"round": 1})
@@ -80,6 +109,7 @@ def test_evaluate_per_class_accuracy_hand_computed():
     class Fixed(torch.nn.Module):
         def forward(self, x):
             from common.models import ModelOutput
+
             logits = torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float()
             return ModelOutput(logits, logits)
 

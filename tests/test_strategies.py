@@ -32,13 +32,17 @@ def create_mock_reply(arrays: ArrayRecord, num_examples: float) -> Message:
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_strategy_builds_from_config_and_samples_fraction(name, defaults, task_identity):
+def test_every_strategy_builds_from_config_and_samples_fraction(
+    name, defaults, task_identity
+):
     # Prepare
     cfg = RunConfig.from_run_config({**defaults, "method": name})
     strategy = STRATEGIES[name].from_config(cfg, fraction_train=0.5, min_train_nodes=1)
     grid = FakeGrid(range(100, 110))
     # Execute
-    messages = list(strategy.configure_train(3, ArrayRecord([np.ones(2)]), ConfigRecord({}), grid))
+    messages = list(
+        strategy.configure_train(3, ArrayRecord([np.ones(2)]), ConfigRecord({}), grid)
+    )
     # Assert
     assert len(messages) == 5
     assert len({m.metadata.dst_node_id for m in messages}) == 5
@@ -46,17 +50,30 @@ def test_every_strategy_builds_from_config_and_samples_fraction(name, defaults, 
 
 
 def test_method_keys_in_train_config(defaults, task_identity):
-    cfg = RunConfig.from_run_config({**defaults, "proximal-mu": 0.1, "moon-mu": 5.0, "moon-tau": 0.3})
+    cfg = RunConfig.from_run_config(
+        {**defaults, "proximal-mu": 0.1, "moon-mu": 5.0, "moon-tau": 0.3}
+    )
     grid = FakeGrid([1, 2])
 
     def config_of(strategy):
-        msg = next(iter(strategy.configure_train(1, ArrayRecord([np.ones(1)]), ConfigRecord({}), grid)))
+        msg = next(
+            iter(
+                strategy.configure_train(
+                    1, ArrayRecord([np.ones(1)]), ConfigRecord({}), grid
+                )
+            )
+        )
         return dict(msg.content[keys.CONFIG])
 
     assert config_of(FedAvg.from_config(cfg)) == {keys.SERVER_ROUND: 1}
-    assert config_of(FedProx.from_config(cfg)) == {keys.SERVER_ROUND: 1, keys.PROXIMAL_MU: 0.1}
+    assert config_of(FedProx.from_config(cfg)) == {
+        keys.SERVER_ROUND: 1,
+        keys.PROXIMAL_MU: 0.1,
+    }
     assert config_of(Moon.from_config(cfg)) == {
-        keys.SERVER_ROUND: 1, keys.MOON_MU: 5.0, keys.MOON_TAU: 0.3
+        keys.SERVER_ROUND: 1,
+        keys.MOON_MU: 5.0,
+        keys.MOON_TAU: 0.3,
     }
 
 
