@@ -5,7 +5,10 @@ indices into the training set, so every process (each client, the server) comput
 the same split from the same config without moving data around:
 
 1. carve the server-held **public split** first (stratified, ``public_size``
-   samples); no client ever gets those indices;
+   samples, drawn with the fixed :data:`PUBLIC_SPLIT_SEED`, not the run seed, so
+   the same size always means the same images: a guidance model pretrained on
+   the public split has seen no client's data whatever seed a run uses); no
+   client ever gets those indices;
 2. split the remaining pool across ``num_partitions`` clients with the named
    partitioner;
 3. cap each client at ``max_per_client`` samples (the cpu profile's knob).
@@ -168,7 +171,12 @@ PARTITIONERS: dict[str, Partitioner] = {
 }
 
 
-def carve_public_split(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+PUBLIC_SPLIT_SEED = 20_260_000
+
+
+def carve_public_split(
+    labels: np.ndarray, size: int, seed: int = PUBLIC_SPLIT_SEED
+) -> np.ndarray:
     """A stratified, seeded subset of ``size`` positions held by the server."""
     if size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -200,7 +208,7 @@ def split_dataset(labels: np.ndarray, p: Partitioning) -> DataSplit:
     if p.num_partitions < 1:
         raise ValueError(f"num-clients must be >= 1, got {p.num_partitions}")
     labels = np.asarray(labels, dtype=np.int64)
-    public = carve_public_split(labels, p.public_size, p.seed)
+    public = carve_public_split(labels, p.public_size)
     pool = np.setdiff1d(np.arange(len(labels)), public, assume_unique=True)
     if p.num_partitions > len(pool):
         raise ValueError(

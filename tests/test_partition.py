@@ -98,7 +98,7 @@ def test_longtail_then_dirichlet(fmnist_labels):
 
 
 def test_public_split_is_stratified(fmnist_labels):
-    public = carve_public_split(fmnist_labels, 10_000, seed=0)
+    public = carve_public_split(fmnist_labels, 10_000)
     counts = np.bincount(fmnist_labels[public], minlength=10)
     assert counts.sum() == 10_000 and counts.min() == counts.max() == 1000
 
@@ -122,3 +122,10 @@ def test_impossible_dirichlet_is_a_clear_error():
 def test_unknown_partitioner_lists_valid_ones():
     with pytest.raises(ValueError, match="dirichlet, extreme, iid, longtail-dirichlet"):
         split_dataset(np.arange(10) % 2, Partitioning("shards", 2))
+
+
+def test_public_split_does_not_depend_on_the_run_seed(fmnist_labels):
+    a = split_dataset(fmnist_labels, Partitioning("dirichlet", 5, public_size=2000, seed=1))
+    b = split_dataset(fmnist_labels, Partitioning("dirichlet", 5, public_size=2000, seed=2))
+    assert np.array_equal(a.public, b.public)
+    assert np.array_equal(a.public, carve_public_split(fmnist_labels, 2000))
