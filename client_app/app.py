@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -17,7 +20,18 @@ from common.federation import client_tensors, make_model, resolve_device
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context):
+class NodeSetup(NamedTuple):
+    """What every handler needs: config, this node's data, the received model."""
+
+    cfg: RunConfig
+    partition_id: int
+    device: torch.device
+    images: torch.Tensor
+    labels: torch.Tensor
+    model: torch.nn.Module
+
+
+def _setup(msg: Message, context: Context) -> NodeSetup:
     """Config, device, this node's data and the model holding the sent weights."""
     cfg = RunConfig.from_run_config(context.run_config)
     partition_id = int(context.node_config[keys.PARTITION_ID])
@@ -31,7 +45,9 @@ def _setup(msg: Message, context: Context):
     images, labels = client_tensors(cfg, partition_id)
     model = make_model(cfg)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
-    return cfg, partition_id, resolve_device(cfg.device), images, labels, model
+    return NodeSetup(
+        cfg, partition_id, resolve_device(cfg.device), images, labels, model
+    )
 
 
 @app.train()

@@ -45,3 +45,81 @@ def moon_contrastive(z: Tensor, z_global: Tensor, z_prev: Tensor, tau: float) ->
     logits = torch.stack([pos, neg], dim=1) / tau
     target = torch.zeros(len(z), dtype=torch.long, device=z.device)
     return F.cross_entropy(logits, target)
+
+
+def _cos(z: Tensor, f: Tensor) -> Tensor:
+    """Cosine similarity along the last dim, broadcasting ``z`` (B, d) over ``f``."""
+    z = F.normalize(z, dim=-1)
+    f = F.normalize(f.detach(), dim=-1)
+    if f.dim() == 3:  # (B, K, d): one row of K features per sample
+        return torch.einsum("bd,bkd->bk", z, f)
+    return (z * f).sum(-1)
+
+
+def tdcl(z: Tensor, f_pos: Tensor, f_neg: Tensor, tau: float) -> Tensor:
+    """FedDifRC's text-driven diffusion contrastive loss, per sample.
+
+    Wang et al., "FedDifRC", ICCV 2025, https://arxiv.org/abs/2507.06482, the TDCL
+    term: ``log(1 + sum_j e^{s(z_i, F_j)/tau} / e^{s(z_i, F_i)/tau})``, which is
+    InfoNCE with the sample's own positive (its diffusion features under its true
+    class prompt) against its own negatives (the same image under other class
+    prompts). Each sample's negatives are aligned with that sample; the released
+    code pools one ratio over the whole batch and misaligns them
+    (``feddifrc-code.md``), which we do not copy.
+
+    Shapes: ``z`` (B, d), ``f_pos`` (B, d), ``f_neg`` (B, K, d).
+    """
+    logits = torch.cat([_cos(z, f_pos)[:, None], _cos(z, f_neg)], dim=1) / tau
+    target = torch.zeros(len(z), dtype=torch.long, device=z.device)
+    return F.cross_entropy(logits, target)
+
+
+def ndcr(z: Tensor, f_noise: Tensor, mode: str = "cosine", tau: float = 0.1) -> Tensor:
+    """FedDifRC's noise-driven diffusion consistency regularisation.
+
+    Aligns each embedding with its sample's denoising features (paper: an L2
+    term, ``sum_q (z_iq - H_iq)^2`` on normalised features). ``cosine`` gives
+    ``mean(1 - cos(z, f))`` (equal to half the squared L2 distance of the
+    normalised vectors, so the paper's form up to a factor). ``kl`` gives
+    ``KL(softmax(f/tau) || softmax(z/tau))`` on normalised vectors; the released
+    code uses tau = 1, where both softmaxes are near-uniform and the loss is
+    ~1e-3 (a no-op), so tau here must be well below 1 to make the term count.
+    """
+    if mode == "cosine":
+        return (1 - _cos(z, f_noise)).mean()
+    if mode == "kl":
+        log_p_client = F.log_softmax(F.normalize(z, dim=-1) / tau, dim=-1)
+        p_teacher = F.softmax(F.normalize(f_noise.detach(), dim=-1) / tau, dim=-1)
+        return F.kl_div(log_p_client, p_teacher, reduction="batchmean")
+    raise ValueError(f"unknown NDCR mode {mode!r}; valid: cosine, kl")
+
+
+def anchor_distillation(z: Tensor, visual_anchor: Tensor, temperature: float) -> Tensor:
+    """SemanticFL's distillation from visual class anchors.
+
+    Liu et al., "Diffusion-Guided Semantic Consistency for Multimodal
+    Heterogeneity" (SemanticFL), ICME 2026, https://arxiv.org/abs/2603.19337:
+    ``KL(softmax(V_y / T) || softmax(z / T))``, with ``V_y`` the class anchor of
+    each sample's label, shape (B, d). The paper's exact form could not be read
+    (``papers.md`` section 1); both vectors are L2-normalised here, and ``T``
+    must be well below 1 for the same reason as in :func:`ndcr`.
+    """
+    log_p_client = F.log_softmax(F.normalize(z, dim=-1) / temperature, dim=-1)
+    p_anchor = F.softmax(
+        F.normalize(visual_anchor.detach(), dim=-1) / temperature, dim=-1
+    )
+    return F.kl_div(log_p_client, p_anchor, reduction="batchmean")
+
+
+def image_text_infonce(
+    z: Tensor, text_anchors: Tensor, labels: Tensor, tau: float
+) -> Tensor:
+    """SemanticFL's cross-modal contrastive term: image embedding vs class texts.
+
+    InfoNCE of each embedding against all C text anchors (C, d), the anchor of
+    its own class the positive and the others the negatives:
+    ``-log e^{cos(z, T_y)/tau} / sum_k e^{cos(z, T_k)/tau}`` (SemanticFL; tau
+    0.05 reported, unverified).
+    """
+    logits = _cos(z, text_anchors.expand(len(z), -1, -1)) / tau
+    return F.cross_entropy(logits, labels)

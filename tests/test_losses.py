@@ -49,3 +49,61 @@ def test_moon_teachers_are_detached():
     moon_contrastive(z, z_glob, z_prev, 0.5).backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert z_glob.grad is None and z_prev.grad is None
+
+
+def _unit(*rows):
+    return torch.nn.functional.normalize(
+        torch.tensor(rows, dtype=torch.float32), dim=-1
+    )
+
+
+def test_tdcl_hand_computed_and_per_sample_aligned():
+    from common.losses import tdcl
+
+    z = _unit([1.0, 0.0], [0.0, 1.0])
+    f_pos = _unit([1.0, 0.0], [1.0, 1.0])  # cos 1 and 1/sqrt(2)
+    f_neg = torch.stack([_unit([0.0, 1.0]), _unit([0.0, -1.0])])  # cos 0 and -1
+    tau = 0.5
+    l0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0)))
+    c = 1 / math.sqrt(2)
+    l1 = -math.log(math.exp(c / tau) / (math.exp(c / tau) + math.exp(-1 / tau)))
+    assert math.isclose(tdcl(z, f_pos, f_neg, tau).item(), (l0 + l1) / 2, rel_tol=1e-5)
+    # swapping the negatives between samples changes the loss: they are aligned
+    assert not math.isclose(
+        tdcl(z, f_pos, f_neg.flip(0), tau).item(), (l0 + l1) / 2, rel_tol=1e-3
+    )
+
+
+def test_ndcr_cosine_and_kl():
+    from common.losses import ndcr
+
+    z = _unit([1.0, 0.0], [0.0, 1.0])
+    f = _unit([1.0, 0.0], [1.0, 0.0])
+    assert math.isclose(ndcr(z, f, "cosine").item(), 0.5, rel_tol=1e-6)  # (0 + 1) / 2
+    assert ndcr(f, f, "kl").item() < 1e-7
+    # at tau 1 (the released code) the KL is ~1/d, a near no-op; at tau 0.1 it counts
+    a, b = torch.randn(64, 128), torch.randn(64, 128)
+    weak, real = ndcr(a, b, "kl", tau=1.0).item(), ndcr(a, b, "kl", tau=0.1).item()
+    assert weak < 0.02 and real > 50 * weak
+
+
+def test_anchor_distillation_zero_at_the_anchor_and_detached():
+    from common.losses import anchor_distillation
+
+    v = torch.randn(4, 16, requires_grad=True)
+    assert anchor_distillation(v.detach() * 3, v, 0.1).item() < 1e-6  # scale-free
+    z = torch.randn(4, 16, requires_grad=True)
+    anchor_distillation(z, v, 0.1).backward()
+    assert z.grad.abs().sum() > 0 and v.grad is None
+
+
+def test_image_text_infonce_hand_computed():
+    from common.losses import image_text_infonce
+
+    anchors = _unit([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0])
+    z = _unit([1.0, 0.0])
+    tau = 0.5
+    denom = math.exp(1 / tau) + math.exp(0) + math.exp(-1 / tau)
+    expected = -math.log(math.exp(0) / denom)  # label 1: cos(z, T_1) = 0
+    value = image_text_infonce(z, anchors, torch.tensor([1]), tau).item()
+    assert math.isclose(value, expected, rel_tol=1e-5)
