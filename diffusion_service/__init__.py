@@ -1,0 +1,52 @@
+"""Guidance features from a frozen latent diffusion model, computed once and cached.
+
+Knows nothing of Flower (DESIGN.md sections 2 and 3). Entry points:
+
+- :class:`GuidanceModel`: the frozen diffusers components (``from_pretrained``);
+- :class:`FeatureRecipe`: every knob that changes a feature;
+- :class:`FeatureExtractor`: image -> raw / projected features;
+- :func:`open_session`, :func:`extract`, :func:`build_anchors`: the store driver;
+- :class:`FeatureStore`: verified fp16 shards, read per client;
+- ``python -m diffusion_service extract|anchors|info``: the command line.
+"""
+
+from .extract import (
+    Session,
+    build_anchors,
+    extract,
+    open_session,
+    text_anchors,
+    visual_anchors,
+)
+from .features import FeatureExtractor, ImageInputError
+from .model import GuidanceModel, ModelLayoutError, TextWidthError
+from .projection import Projection, text_map
+from .recipe import KINDS, FeatureRecipe
+from .store import (
+    CorruptShardError,
+    FeatureStore,
+    MissingFeaturesError,
+    StoreMismatchError,
+)
+
+__all__ = [
+    "KINDS",
+    "CorruptShardError",
+    "FeatureExtractor",
+    "FeatureRecipe",
+    "FeatureStore",
+    "GuidanceModel",
+    "ImageInputError",
+    "MissingFeaturesError",
+    "ModelLayoutError",
+    "Projection",
+    "Session",
+    "StoreMismatchError",
+    "TextWidthError",
+    "build_anchors",
+    "extract",
+    "open_session",
+    "text_anchors",
+    "text_map",
+    "visual_anchors",
+]

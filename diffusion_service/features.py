@@ -1,0 +1,225 @@
+"""Image -> guidance feature, per DESIGN.md section 3.
+
+Per sample: resize to the model's resolution and scale uint8 to [-1, 1]; VAE
+latent ``z0 = posterior.mean * scaling_factor``; noise seeded by (seed, sample
+index); ``zt = scheduler.add_noise(z0, eps, t)``; one U-Net pass per prompt with
+forward hooks on ``up_blocks``; global-average-pool each captured map and
+concatenate with the pooled latent (the *raw* feature); project with the fitted
+:class:`~.projection.Projection` and L2-normalise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import GuidanceModel
+from .projection import Projection
+from .recipe import FeatureRecipe
+
+
+class ImageInputError(ValueError):
+    """Images the VAE cannot take (wrong rank, dtype or channels)."""
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for one sample's noise, mixed from (seed, index)."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class FeatureExtractor:
+    """Computes raw and projected guidance features with one model and recipe.
+
+    Parameters
+    ----------
+    model : GuidanceModel
+        The frozen components.
+    recipe : FeatureRecipe
+        Resolution, timestep, layers, prompts, seed, micro-batch.
+    class_names : sequence of str
+        Fills the prompt template; prompt id k is class k, id C the neutral one.
+    """
+
+    def __init__(
+        self, model: GuidanceModel, recipe: FeatureRecipe, class_names
+    ) -> None:
+        bad = [i for i in recipe.up_blocks if not 0 <= i < model.num_up_blocks]
+        if bad:
+            raise ValueError(
+                f"up_blocks {bad} out of range: this U-Net has {model.num_up_blocks} "
+                f"up blocks (indices 0..{model.num_up_blocks - 1})"
+            )
+        self.model, self.recipe = model, recipe
+        self.class_names = tuple(class_names)
+        self.resolution = int(recipe.resolution or model.resolution)
+        if self.resolution % model.vae_scale_factor:
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of the VAE factor "
+                f"{model.vae_scale_factor}"
+            )
+        self.neutral_id = len(self.class_names)
+        states, pooled = model.encode_prompts(recipe.prompts(self.class_names))
+        self.text_states, self.text_pooled = states, pooled
+        self.latent_shape = model.latent_shape(self.resolution)
+        sf = model.vae.config.scaling_factor
+        self._scale = 1.0 if sf is None else float(sf)
+        self._shift = float(getattr(model.vae.config, "shift_factor", None) or 0.0)
+
+    # ---------------------------------------------------------------- inputs
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 (B, C, H, W) -> float (B, 3, R, R) in [-1, 1] on the model device.
+
+        Grayscale is repeated to the VAE's channels; any other channel mismatch
+        is an :class:`ImageInputError`.
+        """
+        if images.ndim != 4:
+            raise ImageInputError(
+                f"images must be (N, C, H, W), got shape {tuple(images.shape)}"
+            )
+        if images.dtype != torch.uint8:
+            raise ImageInputError(
+                f"images must be uint8 in [0, 255], got {images.dtype}"
+            )
+        want = self.model.image_channels
+        c = images.shape[1]
+        if c != want:
+            if c != 1:
+                raise ImageInputError(
+                    f"images have {c} channels; the VAE takes {want} (or 1, grayscale, "
+                    "which is repeated)"
+                )
+            images = images.expand(-1, want, -1, -1)
+        # Scale from uint8 once: [0, 255] -> [0, 1] -> [-1, 1] (not ToTensor + /255).
+        x = images.to(self.model.device, torch.float32) / 255.0
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(
+                x,
+                size=(self.resolution, self.resolution),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            ).clamp_(0.0, 1.0)
+        return (x * 2.0 - 1.0).to(self.model.vae.dtype)
+
+    def noise(self, indices) -> Tensor:
+        """Per-sample Gaussian noise (B, *latent_shape), float32 on the CPU.
+
+        Drawn on the CPU from a generator seeded by (recipe seed, index), so a
+        sample's noise is the same on every device and in every batch.
+        """
+        out = torch.empty(len(indices), *self.latent_shape)
+        g = torch.Generator()
+        for row, idx in enumerate(indices):
+            g.manual_seed(sample_seed(self.recipe.seed, int(idx)))
+            out[row] = torch.randn(self.latent_shape, generator=g)
+        return out
+
+    # -------------------------------------------------------------- features
+    @contextmanager
+    def _taps(self) -> Iterator[dict[int, Tensor]]:
+        """Forward hooks pooling each chosen up-block's output as it is made."""
+        pooled: dict[int, Tensor] = {}
+
+        def hook(i: int):
+            def fn(module, args, output):
+                out = output[0] if isinstance(output, tuple) else output
+                pooled[i] = out.float().mean(dim=(2, 3))  # GAP; the map is dropped
+
+            return fn
+
+        unet = self.model.unet
+        handles = [
+            unet.up_blocks[i].register_forward_hook(hook(i))
+            for i in self.recipe.up_blocks
+        ]
+        try:
+            yield pooled
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.inference_mode()
+    def raw(self, images: Tensor, indices, prompt_ids: Tensor) -> Tensor:
+        """Raw features (B, S, r): pooled latent + pooled up-blocks per prompt.
+
+        ``prompt_ids`` (B, S) gives, per sample, the S prompts to run (class id or
+        :attr:`neutral_id`). Calls run on micro-batches padded to exactly
+        ``recipe.micro_batch`` rows (see :class:`~.recipe.FeatureRecipe`).
+        """
+        return self._run(images, indices, prompt_ids, None)
+
+    @torch.inference_mode()
+    def features(
+        self, images: Tensor, indices, prompt_ids: Tensor, projection: Projection
+    ) -> Tensor:
+        """Projected, L2-normalised features (B, S, d), float32 on the CPU."""
+        return self._run(images, indices, prompt_ids, projection)
+
+    def _run(self, images, indices, prompt_ids, projection) -> Tensor:
+        indices = [int(i) for i in indices]
+        prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long)
+        if len(indices) != len(images) or prompt_ids.shape[0] != len(images):
+            raise ValueError("images, indices and prompt_ids must have the same length")
+        if len(images) == 0:
+            raise ValueError("no images given")
+        m, mb = self.model, self.recipe.micro_batch
+        t = torch.full((mb,), self.recipe.timestep, dtype=torch.long, device=m.device)
+        outs = []
+        with self._taps() as pooled:
+            for start in range(0, len(images), mb):
+                n = min(mb, len(images) - start)
+                pad = [start] * (mb - n)  # repeat a real row: same shape every call
+                rows = list(range(start, start + n)) + pad
+                x = self.preprocess(images[rows])
+                eps = self.noise([indices[r] for r in rows]).to(m.device, m.unet.dtype)
+                z0 = m.vae.encode(x).latent_dist.mean
+                z0 = ((z0 - self._shift) * self._scale).to(m.unet.dtype)
+                zt = m.noise_scheduler.add_noise(z0, eps, t)
+                lat = z0.float().mean(dim=(2, 3))
+                per_prompt = []
+                for s in range(prompt_ids.shape[1]):
+                    states = self.text_states[
+                        prompt_ids[rows, s].to(self.text_states.device)
+                    ]
+                    pooled.clear()
+                    m.unet(zt, t, encoder_hidden_states=states)
+                    raw = torch.cat(
+                        [lat] + [pooled[i] for i in self.recipe.up_blocks], 1
+                    )
+                    raw = raw.cpu()
+                    per_prompt.append(raw if projection is None else projection(raw))
+                outs.append(torch.stack(per_prompt, 1)[:n])
+        return torch.cat(outs)
+
+    # --------------------------------------------------------------- prompts
+    def prompt_ids(self, kind: str, indices, labels: Tensor) -> Tensor:
+        """(B, S) prompt ids of a feature kind for these samples.
+
+        ``noise``: the true class (S=1); ``neutral``: the neutral prompt (S=1);
+        ``cond``: every class in order (S=C), or the true class first then
+        ``num_negatives`` other classes drawn per sample from (seed, index).
+        """
+        labels = torch.as_tensor(labels, dtype=torch.long).view(-1)
+        if kind == "noise":
+            return labels.view(-1, 1)
+        if kind == "neutral":
+            return torch.full((len(labels), 1), self.neutral_id, dtype=torch.long)
+        if kind != "cond":
+            raise ValueError(f"unknown feature kind {kind!r}")
+        C, k = len(self.class_names), self.recipe.num_negatives
+        if k is None:
+            return torch.arange(C).expand(len(labels), C).clone()
+        if k > C - 1:
+            raise ValueError(f"num_negatives={k} but only {C - 1} other classes exist")
+        rows = []
+        for idx, y in zip(indices, labels.tolist(), strict=True):
+            rng = np.random.default_rng([self.recipe.seed, int(idx), 1])
+            others = np.array([c for c in range(C) if c != y])
+            rows.append([y, *rng.choice(others, size=k, replace=False).tolist()])
+        return torch.tensor(rows, dtype=torch.long)

@@ -1,0 +1,167 @@
+"""The model card, rendered from ``training_log.json`` (+ ``evidence.json``) and hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from common.io import atomic_write_text
+
+from .config import PretrainConfig
+
+WEIGHT_FILES = (
+    "vae/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+)
+CONFIG_FILES = (
+    "vae/config.json",
+    "unet/config.json",
+    "scheduler/scheduler_config.json",
+)
+
+
+def weights_sha256(model_dir: Path) -> dict:
+    """SHA-256 and size of each weight/config file, plus one hash over them all.
+
+    ``combined`` hashes the lines ``"<sha256>  <path>\\n"`` in a fixed order, so
+    one value pins the whole model.
+    """
+    from .components import sha256_file
+
+    model_dir = Path(model_dir)
+    files = {}
+    for rel in WEIGHT_FILES + CONFIG_FILES:
+        p = model_dir / rel
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    lines = "".join(f"{v['sha256']}  {k}\n" for k, v in files.items())
+    return {"files": files, "combined": hashlib.sha256(lines.encode()).hexdigest()}
+
+
+def reproduce_command(
+    cfg: PretrainConfig, out: str = "diffusion_service/embedded"
+) -> str:
+    """The exact command that retrains this model (every non-default flag shown)."""
+    return (
+        f"python -m diffusion_service.pretrain --out {out}"
+        f" --steps-vae {cfg.steps_vae} --steps-unet {cfg.steps_unet}"
+        f" --batch-size {cfg.batch_size} --vae-batch-size {cfg.vae_batch_size}"
+        f" --seed {cfg.seed} --public-split-size {cfg.public_split_size}"
+        + (f" --limit {cfg.limit}" if cfg.limit else "")
+    )
+
+
+def _fmt_min(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
+
+
+def render_model_card(log: dict, hashes: dict, evidence: dict | None = None) -> str:
+    """Markdown model card from a training log, file hashes and optional evidence."""
+    cfg = PretrainConfig.from_dict(log["config"])
+    data, te, lat = log["data"], log["text_encoder"], log["latents"]
+    st = log["stages"]
+    size = sum(v["bytes"] for v in hashes["files"].values())
+    out = [
+        "# Embedded guidance model (SemanticFL)",
+        "",
+        "A small text-conditioned latent diffusion model in the diffusers layout "
+        "(`vae/`, `unet/`, `scheduler/`), the offline default guidance model. "
+        "Trained from scratch by `python -m diffusion_service.pretrain` on a public "
+        "split of Fashion-MNIST that no federated client receives.",
+        "",
+        "## Components",
+        f"- VAE: `AutoencoderKL`, channels {list(cfg.vae_channels)}, "
+        f"{log['params']['vae']:,} parameters; 3-channel [-1, 1] images at "
+        f"{cfg.resolution} px -> latents {lat['shape']}; `scaling_factor` "
+        f"{lat['scaling_factor']:.5f} (latent std before scaling {lat['raw_std']:.4f}).",
+        f"- U-Net: `UNet2DConditionModel`, channels {list(cfg.unet_channels)}, "
+        f"{log['params']['unet']:,} parameters, cross-attention width 384 "
+        "(EMA weights saved).",
+        "- Scheduler: `DDPMScheduler`, 1000 steps, scaled-linear betas "
+        "0.00085-0.012, epsilon prediction, no sample clipping.",
+        f"- Text encoder (frozen, not shipped): `{te['package']}=={te['version']}`, "
+        f"subfolder `{te['subfolder']}`, `{te['weights']}` SHA-256 `{te['sha256']}`; "
+        f"`last_hidden_state`, prompts padded to {te['max_length']} tokens "
+        "(see `text_encoder.json`).",
+        f'- Prompts: "a photo of a {{class name}}"; empty prompt with '
+        f"probability {cfg.prompt_dropout} during training (classifier-free guidance).",
+        "",
+        "## Data",
+        f"- {data['dataset']} training set, public split of "
+        f"{data['public_split_size']:,} images ({data['num_images']:,} used), "
+        f"carved by `common.partition.carve_public_split` with the fixed seed "
+        f"{data['public_split_seed']}; a federated run with `public-split-size = "
+        f"{data['public_split_size']}` gives these images to no client.",
+        f"- SHA-256 of the sorted public indices (int64 LE): `{data['indices_sha256']}`.",
+        f"- Class counts: {data['class_counts']}.",
+        "",
+        "## Training",
+        "| stage | steps | batch | wall time | samples/s | final loss (mean of last "
+        f"{st['unet'].get('final_window', 100)} steps) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("vae", "unet"):
+        s = st[name]
+        final = ", ".join(f"{k} {v:.4f}" for k, v in s["final"].items())
+        out.append(
+            f"| {name} | {s['steps']:,} | {s['batch_size']} | "
+            f"{_fmt_min(s['wall_seconds'])} | {s['samples_per_second']:.0f} | "
+            f"{final} |"
+        )
+    first = {k: st[k]["loss_curve"][0][1] for k in st if st[k]["loss_curve"]}
+    out += [
+        "",
+        f"- Loss of the first {50} steps: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in first.items())
+        + ".",
+        f"- Total training wall time: {_fmt_min(log['total_wall_seconds'])} on "
+        f"{log['device']} with {log['threads']} threads (torch "
+        f"{log['versions']['torch']}, diffusers {log['versions']['diffusers']}).",
+        f"- AdamW (lr VAE {cfg.lr_vae}, U-Net {cfg.lr_unet}, weight decay "
+        f"{cfg.weight_decay}), {cfg.warmup} warmup steps then cosine to 10 %, "
+        f"grad clip {cfg.grad_clip}, KL weight {cfg.kl_weight}, EMA {cfg.ema_decay}, "
+        f"horizontal flips {'on' if cfg.flip else 'off'}, seed {cfg.seed}.",
+        "",
+        "Reproduce:",
+        "",
+        "```",
+        reproduce_command(cfg),
+        "```",
+        "",
+    ]
+    if evidence:
+        zs, sm = evidence["zero_shot"], evidence["samples"]
+        out += [
+            "## Evidence",
+            f"- Class-conditioned samples: `{sm['file']}` (rows = classes, "
+            f"{sm['per_class']} each, DDIM {sm['ddim_steps']} steps, guidance "
+            f"{sm['guidance_scale']}).",
+            f"- Zero-shot diffusion classification on {zs['num_images']} "
+            f"{data['dataset']} test images: accuracy {zs['accuracy']:.3f} "
+            f"(chance {zs['chance']:.3f}).",
+            "",
+        ]
+    out += [
+        "## Files and hashes",
+        f"Total size of weights and configs: {size / 1e6:.2f} MB. Combined SHA-256 "
+        f"(over the lines `<sha256>  <path>` below): `{hashes['combined']}`.",
+        "",
+        "| file | bytes | SHA-256 |",
+        "| --- | --- | --- |",
+    ]
+    out += [
+        f"| `{k}` | {v['bytes']:,} | `{v['sha256']}` |"
+        for k, v in hashes["files"].items()
+    ]
+    return "\n".join(out) + "\n"
+
+
+def write_model_card(model_dir: Path, path: Path | None = None) -> Path:
+    """Render the card of ``model_dir`` into ``path`` (default ``model_dir/MODEL_CARD.md``)."""
+    model_dir = Path(model_dir)
+    log = json.loads((model_dir / "training_log.json").read_text())
+    ev_path = model_dir / "evidence.json"
+    evidence = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+    path = Path(path) if path else model_dir / "MODEL_CARD.md"
+    atomic_write_text(path, render_model_card(log, weights_sha256(model_dir), evidence))
+    return path

