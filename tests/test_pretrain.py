@@ -235,3 +235,18 @@ def test_command_end_to_end(tmp_path):
     evidence = json.loads((tmp_path / "evidence.json").read_text())
     assert evidence["zero_shot"]["num_images"] == 4
     assert "--steps-vae 2 --steps-unet 2" in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_linear_probe_separates_separable_data_and_not_noise():
+    from diffusion_service.pretrain.probe import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 16, generator=g) * 3
+    y = torch.arange(400) % 4
+    x = centers[y] + torch.randn(400, 16, generator=g)
+    assert linear_probe_accuracy(x[:200], y[:200], x[200:], y[200:], epochs=100) > 0.95
+    noise = torch.randn(400, 16, generator=g)
+    assert (
+        linear_probe_accuracy(noise[:200], y[:200], noise[200:], y[200:], epochs=100)
+        < 0.45
+    )
