@@ -9,13 +9,19 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.guidance import guidance_for
 from client_app.training import LocalSettings
 from client_app.training import train as train_fn
 from common import keys
 from common.config import RunConfig
 from common.datasets import get_spec
 from common.evaluation import evaluate as evaluate_fn
-from common.federation import client_tensors, make_model, resolve_device
+from common.federation import (
+    client_indices,
+    client_tensors,
+    make_model,
+    resolve_device,
+)
 
 app = ClientApp()
 
@@ -25,14 +31,18 @@ class NodeSetup(NamedTuple):
 
     cfg: RunConfig
     partition_id: int
+    indices: np.ndarray
     device: torch.device
     images: torch.Tensor
     labels: torch.Tensor
     model: torch.nn.Module
 
 
-def _setup(msg: Message, context: Context) -> NodeSetup:
-    """Config, device, this node's data and the model holding the sent weights."""
+def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
+    """Config, device, this node's data part and the model holding the sent weights.
+
+    ``part`` is ``train`` or ``validation`` (``common.federation.client_indices``).
+    """
     cfg = RunConfig.from_run_config(context.run_config)
     partition_id = int(context.node_config[keys.PARTITION_ID])
     num_partitions = int(context.node_config.get(keys.NUM_PARTITIONS, cfg.num_clients))
@@ -42,19 +52,22 @@ def _setup(msg: Message, context: Context) -> NodeSetup:
             f"data into num-clients={cfg.num_clients}; start the federation with "
             f"num-supernodes={cfg.num_clients} (or set num-clients to match)"
         )
-    images, labels = client_tensors(cfg, partition_id)
+    indices = client_indices(cfg, partition_id, part)
+    images, labels = client_tensors(cfg, partition_id, part)
     model = make_model(cfg)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     return NodeSetup(
-        cfg, partition_id, resolve_device(cfg.device), images, labels, model
+        cfg, partition_id, indices, resolve_device(cfg.device), images, labels, model
     )
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
-    cfg, partition_id, device, images, labels, model = _setup(msg, context)
+    cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)
     settings = LocalSettings.from_config(msg.content[keys.CONFIG])
+    # FedDifRC: this node's rows of the feature store; SemanticFL: the anchors.
+    guidance = guidance_for(msg, settings, indices, labels)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
 
     # MOON: z_prev comes from this node's model of its previous round, kept in
@@ -72,6 +85,7 @@ def train(msg: Message, context: Context) -> Message:
         labels,
         settings,
         prev_model=prev_model,
+        guidance=guidance,
         augment=cfg.augment,
         device=device,
         # A distinct, reproducible stream per (run seed, client, round).
@@ -94,8 +108,11 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this node's partition."""
-    cfg, _, device, images, labels, model = _setup(msg, context)
+    """Evaluate the received global model on this node's validation part.
+
+    With ``validation-fraction`` = 0 that is the whole partition.
+    """
+    cfg, _, _, device, images, labels, model = _setup(msg, context, "validation")
     num_classes = get_spec(cfg.dataset).num_classes
     result = evaluate_fn(
         model, images, labels, num_classes, cfg.eval_batch_size, device

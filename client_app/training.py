@@ -1,8 +1,11 @@
 """Local training: one plain loop for every method.
 
 Which loss terms run is decided by the train config the strategy sent: a
-``proximal-mu`` key switches on FedProx's term, ``moon-mu``/``moon-tau`` MOON's.
-Terms compose, so "FedProx + MOON" needs no new code.
+``proximal-mu`` key switches on FedProx's term, ``moon-mu``/``moon-tau`` MOON's,
+``tdcl-weight``/``ndcr-weight`` FedDifRC's and ``kd-weight``/``con-weight``
+SemanticFL's. Terms compose, so "FedProx + MOON" needs no new code. The
+diffusion-side tensors (:class:`Guidance`) are constants: every loss detaches
+them, and gradients reach only the client model.
 """
 
 from __future__ import annotations
@@ -18,7 +21,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common import keys
-from common.losses import moon_contrastive, proximal_term
+from common.losses import (
+    anchor_distillation,
+    image_text_infonce,
+    moon_contrastive,
+    ndcr,
+    proximal_term,
+    tdcl,
+)
+
+
+def _opt(config: Mapping[str, Any], key: str, cast=float):
+    return cast(config[key]) if key in config else None
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,30 @@ class LocalSettings:
     proximal_mu: float | None = None
     moon_mu: float | None = None
     moon_tau: float = 0.5
+    # FedDifRC (None = term off)
+    tdcl_weight: float | None = None
+    tdcl_tau: float = 0.04
+    tdcl_negatives: int = 0
+    ndcr_weight: float | None = None
+    ndcr_mode: str = "cosine"
+    ndcr_tau: float = 0.1
+    self_supervised: bool = False
+    feature_store: str | None = None
+    # SemanticFL (None = term off)
+    kd_weight: float | None = None
+    kd_temperature: float = 0.1
+    con_weight: float | None = None
+    con_tau: float = 0.05
+
+    @property
+    def needs_instance_features(self) -> bool:
+        """Whether a FedDifRC term is on (it reads the feature store)."""
+        return self.tdcl_weight is not None or self.ndcr_weight is not None
+
+    @property
+    def needs_anchors(self) -> bool:
+        """Whether a SemanticFL term is on (it needs the anchors record)."""
+        return self.kd_weight is not None or self.con_weight is not None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalSettings:
@@ -61,7 +99,54 @@ class LocalSettings:
             else None,
             moon_mu=float(config[keys.MOON_MU]) if keys.MOON_MU in config else None,
             moon_tau=float(config.get(keys.MOON_TAU, 0.5)),
+            tdcl_weight=_opt(config, keys.TDCL_WEIGHT),
+            tdcl_tau=float(config.get(keys.TDCL_TAU, 0.04)),
+            tdcl_negatives=int(config.get(keys.TDCL_NEGATIVES, 0)),
+            ndcr_weight=_opt(config, keys.NDCR_WEIGHT),
+            ndcr_mode=str(config.get(keys.NDCR_MODE, "cosine")),
+            ndcr_tau=float(config.get(keys.NDCR_TAU, 0.1)),
+            self_supervised=bool(config.get(keys.SELF_SUPERVISED, False)),
+            feature_store=_opt(config, keys.FEATURE_STORE, str),
+            kd_weight=_opt(config, keys.KD_WEIGHT),
+            kd_temperature=float(config.get(keys.KD_TEMPERATURE, 0.1)),
+            con_weight=_opt(config, keys.CON_WEIGHT),
+            con_tau=float(config.get(keys.CON_TAU, 0.05)),
         )
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Diffusion-side targets of one client, all constants (never trained).
+
+    Per-sample rows are aligned with the client's ``images``/``labels``.
+    """
+
+    f_pos: Tensor | None = None  # (N, d) TDCL positive
+    f_neg: Tensor | None = None  # (N, K, d) TDCL negatives of the same sample
+    f_noise: Tensor | None = None  # (N, d) NDCR target
+    text_anchors: Tensor | None = None  # (C, d) SemanticFL T
+    visual_anchors: Tensor | None = None  # (C, d) SemanticFL V
+
+    def check(self, settings: LocalSettings, num_samples: int) -> None:
+        """Fail clearly when a switched-on term lacks its tensors."""
+        need = []
+        if settings.tdcl_weight is not None:
+            need += ["f_pos", "f_neg"]
+        if settings.ndcr_weight is not None:
+            need += ["f_noise"]
+        if settings.kd_weight is not None:
+            need += ["visual_anchors"]
+        if settings.con_weight is not None:
+            need += ["text_anchors"]
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"guidance lacks {missing} for the terms switched on")
+        for name in ("f_pos", "f_neg", "f_noise"):
+            t = getattr(self, name)
+            if t is not None and len(t) != num_samples:
+                raise ValueError(
+                    f"guidance {name} has {len(t)} rows, not {num_samples}"
+                )
 
 
 def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -93,6 +178,7 @@ def train(
     settings: LocalSettings,
     *,
     prev_model: nn.Module | None = None,
+    guidance: Guidance | None = None,
     augment: bool = False,
     device: torch.device | str = "cpu",
     seed: int = 0,
@@ -124,7 +210,13 @@ def train(
             device
         )
 
-    sums = {"loss": 0.0, "ce": 0.0, "prox": 0.0, "moon": 0.0, "correct": 0.0}
+    guidance = guidance or Guidance()
+    guidance.check(settings, len(images))
+    labelled = not settings.self_supervised
+
+    sums = dict.fromkeys(
+        ("loss", "ce", "prox", "moon", "tdcl", "ndcr", "kd", "con", "correct"), 0.0
+    )
     seen, steps, t0 = 0, 0, time.perf_counter()
     for _ in range(settings.epochs):
         order = torch.randperm(len(labels), generator=generator)
@@ -132,21 +224,24 @@ def train(
             idx = order[start : start + settings.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single sample
                 continue
-            x, y = images[idx], labels[idx]
+            x = images[idx]
             if augment:
                 x = augment_batch(x, generator)
-            x, y = x.to(device), y.to(device)
+            x = x.to(device)
+            y = labels[idx].to(device) if labelled else None
 
             # forward: cross-entropy plus whichever method terms are on
             out = model(x)
-            ce = F.cross_entropy(out.logits, y)
+            ce = (
+                F.cross_entropy(out.logits, y) if labelled else out.logits.new_zeros(())
+            )
             loss = ce
             if global_params is not None:
                 prox = proximal_term(
                     model.parameters(), global_params, settings.proximal_mu
                 )
                 loss = loss + prox
-                sums["prox"] += prox.item() * len(y)
+                sums["prox"] += prox.item() * len(idx)
             if global_model is not None:
                 with torch.no_grad():
                     z_global = global_model(x).embedding
@@ -155,17 +250,22 @@ def train(
                     out.embedding, z_global, z_prev, settings.moon_tau
                 )
                 loss = loss + settings.moon_mu * con
-                sums["moon"] += con.item() * len(y)
+                sums["moon"] += con.item() * len(idx)
+            terms = _guided_terms(out.embedding, idx, y, settings, guidance, generator)
+            for name, (weight, value) in terms.items():
+                loss = loss + weight * value
+                sums[name] += value.item() * len(idx)
 
             # backward and step
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-            sums["loss"] += loss.item() * len(y)
-            sums["ce"] += ce.item() * len(y)
-            sums["correct"] += (out.logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            sums["loss"] += loss.item() * len(idx)
+            sums["ce"] += ce.item() * len(idx)
+            if labelled:
+                sums["correct"] += (out.logits.argmax(1) == y).sum().item()
+            seen += len(idx)
             steps += 1
 
     seen = max(seen, 1)
@@ -174,7 +274,51 @@ def train(
         keys.TRAIN_CE: sums["ce"] / seen,
         keys.TRAIN_PROX: sums["prox"] / seen,
         keys.TRAIN_MOON: sums["moon"] / seen,
+        keys.TRAIN_TDCL: sums["tdcl"] / seen,
+        keys.TRAIN_NDCR: sums["ndcr"] / seen,
+        keys.TRAIN_KD: sums["kd"] / seen,
+        keys.TRAIN_CON: sums["con"] / seen,
         keys.TRAIN_ACCURACY: sums["correct"] / seen,
         keys.TRAIN_SECONDS: time.perf_counter() - t0,
         keys.TRAIN_STEPS: float(steps),
     }
+
+
+def _guided_terms(
+    z: Tensor,
+    idx: Tensor,
+    y: Tensor | None,
+    settings: LocalSettings,
+    g: Guidance,
+    generator: torch.Generator,
+) -> dict[str, tuple[float, Tensor]]:
+    """The FedDifRC / SemanticFL terms that are on: name -> (weight, value).
+
+    Losses and their equations: ``common.losses``. The targets are indexed by
+    the batch's sample positions, so each embedding meets its own sample's
+    features (TDCL per sample, not the released code's pooled, misaligned form).
+    """
+    dev = z.device
+    terms: dict[str, tuple[float, Tensor]] = {}
+    if settings.tdcl_weight is not None:
+        f_neg = g.f_neg[idx]
+        k = settings.tdcl_negatives
+        if settings.self_supervised and 0 < k < f_neg.shape[1]:
+            # Labels unknown: K of the stored class-name negatives per batch.
+            pick = torch.randperm(f_neg.shape[1], generator=generator)[:k]
+            f_neg = f_neg[:, pick]
+        value = tdcl(z, g.f_pos[idx].to(dev), f_neg.to(dev), settings.tdcl_tau)
+        terms["tdcl"] = (settings.tdcl_weight, value)
+    if settings.ndcr_weight is not None:
+        value = ndcr(z, g.f_noise[idx].to(dev), settings.ndcr_mode, settings.ndcr_tau)
+        terms["ndcr"] = (settings.ndcr_weight, value)
+    if settings.kd_weight is not None:
+        v_y = g.visual_anchors.to(dev)[y]
+        terms["kd"] = (
+            settings.kd_weight,
+            anchor_distillation(z, v_y, settings.kd_temperature),
+        )
+    if settings.con_weight is not None:
+        value = image_text_infonce(z, g.text_anchors.to(dev), y, settings.con_tau)
+        terms["con"] = (settings.con_weight, value)
+    return terms

@@ -16,13 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from common.datasets import DATASETS
+from common.datasets import DATASETS, get_spec
 from common.models import MODELS
 from common.partition import PARTITIONERS
 
 
 class ConfigError(ValueError):
     """A run-config value is missing, of the wrong type, or out of range."""
+
+
+GUIDED_METHODS = ("feddifrc", "semanticfl")
+"""Methods that need a guidance model (and the server-held public split)."""
+
+NDCR_MODES = ("cosine", "kl")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,25 @@ class RunConfig:
     proximal_mu: float = 0.01
     moon_mu: float = 1.0
     moon_tau: float = 0.5
+    # guidance model and features (FedDifRC, SemanticFL; DESIGN.md section 3)
+    guidance_model: str = "embedded"
+    guidance_timestep: int = 150
+    guidance_layers: str = "1,2,3"
+    prompt_template: str = "a photo of a {}"
+    feature_store: str = ""
+    # FedDifRC terms (papers' values, unverified: notes/papers.md section 2)
+    tdcl_weight: float = 1.0
+    tdcl_tau: float = 0.04
+    tdcl_negatives: int = 0
+    ndcr_weight: float = 1.0
+    ndcr_mode: str = "cosine"
+    ndcr_tau: float = 0.1
+    self_supervised: bool = False
+    # SemanticFL terms (papers' values, unverified: notes/papers.md section 1)
+    kd_weight: float = 1.0
+    kd_temperature: float = 0.1
+    con_weight: float = 0.01
+    con_tau: float = 0.05
     # data
     dataset: str = "fashion-mnist"
     data_root: str = ""
@@ -56,6 +81,7 @@ class RunConfig:
     min_partition_size: int = 10
     max_samples_per_client: int = 3000
     public_split_size: int = 0
+    validation_fraction: float = 0.0
     augment: bool = False
     # model
     model: str = "resnet10"
@@ -169,6 +195,13 @@ class RunConfig:
             self.public_split_size,
             "an int >= 0",
         )
+        _check(
+            0.0 <= self.validation_fraction < 1.0,
+            "validation-fraction",
+            self.validation_fraction,
+            "a float in [0, 1) (share of each client's partition held out)",
+        )
+        self._validate_guidance()
         _check(self.model_width >= 1, "model-width", self.model_width, "an int >= 1")
         _check(
             self.device == "cpu" or self.device.startswith("cuda"),
@@ -177,6 +210,82 @@ class RunConfig:
             "'cpu', 'cuda' or 'cuda:N'",
         )
         _check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")
+
+    @property
+    def guidance_up_blocks(self) -> tuple[int, ...]:
+        """``guidance-layers`` parsed: U-Net decoder block indices, e.g. (1, 2, 3)."""
+        return parse_layers(self.guidance_layers)
+
+    def _validate_guidance(self) -> None:
+        """The guided methods' keys (checked for every method: typos fail early)."""
+        _check(
+            bool(self.guidance_model.strip()),
+            "guidance-model",
+            self.guidance_model,
+            "'embedded', a diffusers-layout folder or a hub id",
+        )
+        _check(
+            0 <= self.guidance_timestep < 1000,
+            "guidance-timestep",
+            self.guidance_timestep,
+            "an int in [0, 1000) (papers: 150 to 300)",
+        )
+        try:
+            parse_layers(self.guidance_layers)
+        except ValueError as exc:
+            raise ConfigError(
+                f"run-config 'guidance-layers' = {self.guidance_layers!r} is invalid; "
+                f"expected distinct U-Net up-block indices like '1,2,3' ({exc})"
+            ) from None
+        _check(
+            self.prompt_template.count("{}") == 1,
+            "prompt-template",
+            self.prompt_template,
+            "a string with exactly one '{}' for the class name",
+        )
+        for key in ("tdcl-weight", "ndcr-weight", "kd-weight", "con-weight"):
+            value = getattr(self, key.replace("-", "_"))
+            _check(value >= 0, key, value, "a float >= 0 (0 switches the term off)")
+        for key in ("tdcl-tau", "ndcr-tau", "kd-temperature", "con-tau"):
+            value = getattr(self, key.replace("-", "_"))
+            _check(value > 0, key, value, "a float > 0")
+        _one_of("ndcr-mode", self.ndcr_mode, dict.fromkeys(NDCR_MODES))
+        if self.dataset in DATASETS:
+            others = get_spec(self.dataset).num_classes - 1
+            _check(
+                0 <= self.tdcl_negatives <= others,
+                "tdcl-negatives",
+                self.tdcl_negatives,
+                f"an int in [0, {others}] (0 = every other class of {self.dataset})",
+            )
+        if self.method in GUIDED_METHODS and self.public_split_size <= 0:
+            raise ConfigError(
+                f"method '{self.method}' needs the server-held public split: set "
+                "public-split-size > 0 (e.g. 1000). The server fits the feature "
+                "projection on it and builds the visual class anchors from it; no "
+                "client ever gets those samples."
+            )
+        if self.self_supervised and self.method != "feddifrc":
+            raise ConfigError(
+                f"run-config 'self-supervised' = true needs method 'feddifrc' (got "
+                f"'{self.method}'): only FedDifRC has a self-supervised variant"
+            )
+        if self.self_supervised and self.tdcl_weight == 0 and self.ndcr_weight == 0:
+            raise ConfigError(
+                "self-supervised FedDifRC has no cross-entropy: keep tdcl-weight or "
+                "ndcr-weight above 0, or there is nothing to train"
+            )
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> (1, 2, 3); distinct non-negative ints, at least one."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise ValueError("comma-separated non-negative ints")
+    layers = tuple(int(p) for p in parts)
+    if len(set(layers)) != len(layers):
+        raise ValueError("repeated index")
+    return layers
 
 
 def _cast(key: str, value: Any, type_name: str) -> Any:

@@ -56,3 +56,76 @@ def evaluate(
         per_class_accuracy=per_class,
         num_examples=n,
     )
+
+
+@torch.no_grad()
+def embed(
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """The model's embeddings ``z`` (N, d) of (normalised) images, on the CPU."""
+    model.eval().to(device)
+    parts = [
+        model(images[s : s + batch_size].to(device)).embedding.float().cpu()
+        for s in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts)
+
+
+def linear_probe(
+    model: nn.Module,
+    fit_images: Tensor,
+    fit_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+    *,
+    max_iter: int = 200,
+    l2: float = 1e-4,
+) -> EvalResult:
+    """Linear-probe score of a frozen encoder (self-supervised FedDifRC).
+
+    The protocol of self-supervised representation learning: freeze the
+    encoder, fit a multinomial logistic regression on its standardised
+    embeddings of a labelled set (here the server-held public split, never
+    the test set), and report its accuracy, loss and per-class accuracy on the
+    central test set. Full-batch L-BFGS from a zero init: deterministic.
+    """
+    z_fit = embed(model, fit_images, batch_size, device).double()
+    z_test = embed(model, test_images, batch_size, device).double()
+    mean, std = z_fit.mean(0), z_fit.std(0).clamp_min(1e-6)
+    z_fit, z_test = (z_fit - mean) / std, (z_test - mean) / std
+    weight = torch.zeros(z_fit.shape[1], num_classes, dtype=torch.float64)
+    bias = torch.zeros(num_classes, dtype=torch.float64)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe"
+    )
+    y_fit = fit_labels.long()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z_fit @ weight + bias, y_fit)
+        loss = loss + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        logits = z_test @ weight + bias
+        y = test_labels.long()
+        hit = logits.argmax(1) == y
+        total = torch.bincount(y, minlength=num_classes)
+        correct = torch.bincount(y[hit], minlength=num_classes)
+        return EvalResult(
+            accuracy=float(hit.double().mean()),
+            loss=float(F.cross_entropy(logits, y)),
+            per_class_accuracy=(correct.double() / total.clamp(min=1)).tolist(),
+            num_examples=len(y),
+        )

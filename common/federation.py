@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,15 +45,43 @@ def data_split(cfg: RunConfig) -> DataSplit:
     return _split(cfg.dataset, cfg.data_root, partitioning(cfg))
 
 
-def client_tensors(cfg: RunConfig, partition_id: int) -> tuple[Tensor, Tensor]:
-    """Normalised images and labels of one client's partition."""
+def client_indices(cfg: RunConfig, partition_id: int, part: str = "train"):
+    """Train-set positions of one client's ``train`` or ``validation`` part.
+
+    With ``validation-fraction`` f > 0, a seeded share f of the partition is
+    held out for tuning (the client's evaluate handler scores it) and never
+    trained on; the central test set is never used for tuning. With f = 0 both
+    parts are the whole partition (training and local evaluation as before).
+    """
     if not 0 <= partition_id < cfg.num_clients:
         raise ValueError(
             f"partition-id {partition_id} is out of range for num-clients="
             f"{cfg.num_clients} (valid: 0..{cfg.num_clients - 1})"
         )
+    if part not in ("train", "validation"):
+        raise ValueError(f"part must be 'train' or 'validation', got {part!r}")
+    full = data_split(cfg).clients[partition_id]
+    if cfg.validation_fraction == 0:
+        return full
+    rng = np.random.default_rng([cfg.seed, partition_id, 7])
+    order = rng.permutation(len(full))
+    n_val = max(1, round(cfg.validation_fraction * len(full)))
+    if n_val >= len(full):
+        raise ValueError(
+            f"validation-fraction={cfg.validation_fraction} leaves client "
+            f"{partition_id} ({len(full)} samples) nothing to train on"
+        )
+    chosen = order[:n_val] if part == "validation" else order[n_val:]
+    return np.sort(full[chosen])
+
+
+def client_tensors(
+    cfg: RunConfig, partition_id: int, part: str = "train"
+) -> tuple[Tensor, Tensor]:
+    """Normalised images and labels of one client's part (:func:`client_indices`)."""
+    idx = client_indices(cfg, partition_id, part)
     train, _ = load_dataset(cfg.dataset, cfg.data_root)
-    idx = torch.from_numpy(data_split(cfg).clients[partition_id])
+    idx = torch.from_numpy(idx)
     return to_float(train.images[idx], get_spec(cfg.dataset)), train.labels[idx]
 
 

@@ -23,12 +23,35 @@ BATCH_SIZE = "batch-size"
 PROXIMAL_MU = "proximal-mu"  # FedProx (Flower's FedProx injects this name)
 MOON_MU = "moon-mu"
 MOON_TAU = "moon-tau"
+# FedDifRC (a present weight key switches its term on)
+TDCL_WEIGHT = "tdcl-weight"
+TDCL_TAU = "tdcl-tau"
+TDCL_NEGATIVES = "tdcl-negatives"  # self-supervised: negatives used per batch
+NDCR_WEIGHT = "ndcr-weight"
+NDCR_MODE = "ndcr-mode"
+NDCR_TAU = "ndcr-tau"
+SELF_SUPERVISED = "self-supervised"
+FEATURE_STORE = "feature-store"  # absolute path of the instance-feature store
+# SemanticFL
+KD_WEIGHT = "kd-weight"
+KD_TEMPERATURE = "kd-temperature"
+CON_WEIGHT = "con-weight"
+CON_TAU = "con-tau"
+
+# Server -> client guidance: an extra ArrayRecord in each train Message
+GUIDANCE = "guidance"
+TEXT_ANCHORS = "text-anchors"  # (C, d)
+VISUAL_ANCHORS = "visual-anchors"  # (C, d)
 
 # Client reply metrics
 TRAIN_LOSS = "train-loss"
 TRAIN_CE = "train-ce"
 TRAIN_PROX = "train-prox"
 TRAIN_MOON = "train-moon"
+TRAIN_TDCL = "train-tdcl"
+TRAIN_NDCR = "train-ndcr"
+TRAIN_KD = "train-kd"
+TRAIN_CON = "train-con"
 TRAIN_ACCURACY = "train-accuracy"
 TRAIN_SECONDS = "train-seconds"
 TRAIN_STEPS = "train-steps"

@@ -1,4 +1,4 @@
-"""ServerApp entry point: config -> data split -> strategy.start -> outputs."""
+"""ServerApp entry point: config -> data split -> guidance -> strategy.start -> outputs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import keys
 from common.config import RunConfig
-from common.datasets import get_spec, load_dataset
-from common.evaluation import evaluate
+from common.datasets import get_spec, load_dataset, to_float
+from common.evaluation import evaluate, linear_probe
 from common.federation import data_split, make_model, resolve_device, test_tensors
+from common.io import atomic_write_json
+from server_app.guidance import guidance_kwargs
 from server_app.reporting import RunRecorder
 from server_app.strategies import get_strategy_class
 
@@ -38,18 +40,27 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, spec)
 
+    # Guided methods: anchors or instance features, computed once, before round 1.
+    guidance, guidance_record = guidance_kwargs(cfg, split)
+    if guidance_record:
+        atomic_write_json(recorder.dir / "guidance.json", guidance_record)
+    # Self-supervised runs train no classifier: a linear probe fitted on the
+    # server's public split scores the global encoder instead.
+    probe = (
+        (to_float(train_set.images[split.public], spec), train_set.labels[split.public])
+        if cfg.self_supervised
+        else None
+    )
+
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         recorder.check_round_trained(server_round)
         t0 = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluate(
-            model,
-            test_images,
-            test_labels,
-            spec.num_classes,
-            cfg.eval_batch_size,
-            device,
-        )
+        scored = (test_images, test_labels, spec.num_classes, cfg.eval_batch_size)
+        if probe is not None:
+            result = linear_probe(model, *probe, *scored, device)
+        else:
+            result = evaluate(model, *scored, device)
         recorder.record_round(server_round, result, time.perf_counter() - t0)
         return MetricRecord(
             {keys.CENTRAL_ACCURACY: result.accuracy, keys.CENTRAL_LOSS: result.loss}
@@ -63,6 +74,7 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.min_available_clients,
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
+        **guidance,
     )
     train_config = ConfigRecord(
         {

@@ -33,6 +33,27 @@ def test_pyproject_defaults_are_valid_and_complete(defaults):
         ({"dataset": 3}, "dataset.*string"),
         ({"augment": "yes"}, "augment.*true or false"),
         ({"dirichlet_beta": 0.1}, "unknown run-config key"),
+        ({"validation-fraction": 1.0}, r"validation-fraction.*\[0, 1\)"),
+        ({"validation-fraction": -0.1}, "validation-fraction"),
+        ({"guidance-model": " "}, "guidance-model"),
+        ({"guidance-timestep": 1000}, "guidance-timestep"),
+        ({"guidance-timestep": -1}, "guidance-timestep"),
+        ({"guidance-layers": "1,x"}, "guidance-layers.*'1,2,3'"),
+        ({"guidance-layers": "1,1"}, "guidance-layers"),
+        ({"guidance-layers": ""}, "guidance-layers"),
+        ({"prompt-template": "a photo"}, r"prompt-template.*\{\}"),
+        ({"tdcl-weight": -1.0}, "tdcl-weight.*0 switches the term off"),
+        ({"ndcr-weight": -0.5}, "ndcr-weight"),
+        ({"kd-weight": -1.0}, "kd-weight"),
+        ({"con-weight": -1.0}, "con-weight"),
+        ({"tdcl-tau": 0.0}, "tdcl-tau"),
+        ({"ndcr-tau": 0.0}, "ndcr-tau"),
+        ({"kd-temperature": -1.0}, "kd-temperature"),
+        ({"con-tau": 0.0}, "con-tau"),
+        ({"ndcr-mode": "l2"}, "ndcr-mode.*cosine, kl"),
+        ({"tdcl-negatives": 10}, r"tdcl-negatives.*\[0, 9\]"),
+        ({"tdcl-negatives": -1}, "tdcl-negatives"),
+        ({"self-supervised": 1}, "self-supervised.*true or false"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_key(defaults, override, message):
@@ -49,5 +70,32 @@ def test_ints_are_accepted_for_floats_and_cast(defaults):
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="fedavg, fedprox, moon"):
+    with pytest.raises(ValueError, match="fedavg, feddifrc, fedprox, moon, semanticfl"):
         get_strategy_class("scaffold")
+
+
+@pytest.mark.parametrize("method", ["feddifrc", "semanticfl"])
+def test_guided_methods_need_the_public_split(defaults, method):
+    with pytest.raises(ConfigError, match="public-split-size > 0"):
+        RunConfig.from_run_config({**defaults, "method": method})
+    cfg = RunConfig.from_run_config(
+        {**defaults, "method": method, "public-split-size": 500}
+    )
+    assert cfg.guidance_up_blocks == (1, 2, 3)
+
+
+def test_self_supervised_is_feddifrc_only_and_needs_a_term(defaults):
+    guided = {**defaults, "public-split-size": 500, "self-supervised": True}
+    with pytest.raises(ConfigError, match="needs method 'feddifrc'"):
+        RunConfig.from_run_config({**guided, "method": "semanticfl"})
+    with pytest.raises(ConfigError, match="nothing to train"):
+        RunConfig.from_run_config(
+            {**guided, "method": "feddifrc", "tdcl-weight": 0, "ndcr-weight": 0}
+        )
+    cfg = RunConfig.from_run_config({**guided, "method": "feddifrc"})
+    assert cfg.self_supervised
+
+
+def test_guidance_layers_parse(defaults):
+    cfg = RunConfig.from_run_config({**defaults, "guidance-layers": " 3, 0 "})
+    assert cfg.guidance_up_blocks == (3, 0)

@@ -7,8 +7,24 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common import keys
-from common.config import RunConfig
-from server_app.strategies import STRATEGIES, FedAvg, FedProx, Moon
+from common.config import GUIDED_METHODS, RunConfig
+from server_app.strategies import (
+    STRATEGIES,
+    FedAvg,
+    FedDifRC,
+    FedProx,
+    Moon,
+    SemanticFL,
+)
+
+ANCHORS = {
+    "text": np.arange(6, dtype=np.float32).reshape(3, 2),
+    "visual": -np.arange(6, dtype=np.float32).reshape(3, 2),
+}
+PREPARED = {
+    "feddifrc": {"store_path": "/tmp/store"},
+    "semanticfl": {"anchors": ANCHORS},
+}
 
 
 class FakeGrid:
@@ -19,6 +35,26 @@ class FakeGrid:
 
     def get_node_ids(self):
         return list(self.node_ids)
+
+
+def build(name: str, defaults: dict, overrides=None, **kwargs):
+    """A strategy from the run config, with what the guidance prep would give."""
+    guided = {"public-split-size": 100} if name in GUIDED_METHODS else {}
+    cfg = RunConfig.from_run_config(
+        {**defaults, "method": name, **guided, **(overrides or {})}
+    )
+    return STRATEGIES[name].from_config(cfg, **PREPARED.get(name, {}), **kwargs)
+
+
+def one_message(strategy, server_round=1):
+    grid = FakeGrid([1, 2])
+    return next(
+        iter(
+            strategy.configure_train(
+                server_round, ArrayRecord([np.ones(1)]), ConfigRecord({}), grid
+            )
+        )
+    )
 
 
 def create_mock_reply(arrays: ArrayRecord, num_examples: float) -> Message:
@@ -36,8 +72,7 @@ def test_every_strategy_builds_from_config_and_samples_fraction(
     name, defaults, task_identity
 ):
     # Prepare
-    cfg = RunConfig.from_run_config({**defaults, "method": name})
-    strategy = STRATEGIES[name].from_config(cfg, fraction_train=0.5, min_train_nodes=1)
+    strategy = build(name, defaults, fraction_train=0.5, min_train_nodes=1)
     grid = FakeGrid(range(100, 110))
     # Execute
     messages = list(
@@ -80,8 +115,7 @@ def test_method_keys_in_train_config(defaults, task_identity):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_aggregation_is_the_weighted_mean(name, defaults):
     # Prepare: weights 1 and 3 on arrays of ones and threes -> (1 + 9) / 4 = 2.5
-    cfg = RunConfig.from_run_config({**defaults, "method": name})
-    strategy = STRATEGIES[name].from_config(cfg)
+    strategy = build(name, defaults)
     replies = [
         create_mock_reply(ArrayRecord([np.ones(3)]), 1),
         create_mock_reply(ArrayRecord([np.full(3, 3.0)]), 3),
@@ -90,3 +124,86 @@ def test_aggregation_is_the_weighted_mean(name, defaults):
     arrays, _ = strategy.aggregate_train(1, replies)
     # Assert
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], np.full(3, 2.5))
+
+
+def test_feddifrc_injects_its_terms_and_the_store(defaults, task_identity):
+    overrides = {"tdcl-tau": 0.06, "ndcr-mode": "kl", "ndcr-tau": 0.2}
+    config = dict(one_message(build("feddifrc", defaults, overrides)).content["config"])
+    assert config == {
+        keys.SERVER_ROUND: 1,
+        keys.TDCL_WEIGHT: 1.0,
+        keys.TDCL_TAU: 0.06,
+        keys.TDCL_NEGATIVES: 0,
+        keys.NDCR_WEIGHT: 1.0,
+        keys.NDCR_MODE: "kl",
+        keys.NDCR_TAU: 0.2,
+        keys.FEATURE_STORE: "/tmp/store",
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on", "off"),
+    [
+        ({"tdcl-weight": 0.0}, keys.NDCR_WEIGHT, keys.TDCL_WEIGHT),
+        ({"ndcr-weight": 0.0}, keys.TDCL_WEIGHT, keys.NDCR_WEIGHT),
+    ],
+)
+def test_feddifrc_ablation_is_config_only(defaults, task_identity, overrides, on, off):
+    config = one_message(build("feddifrc", defaults, overrides)).content["config"]
+    assert on in config and off not in config
+
+
+def test_feddifrc_self_supervised_flag(defaults, task_identity):
+    strategy = build("feddifrc", defaults, {"self-supervised": True})
+    assert one_message(strategy).content["config"][keys.SELF_SUPERVISED] is True
+
+
+def test_feddifrc_without_a_store_refuses_to_run_terms():
+    with pytest.raises(ValueError, match="feature store"):
+        FedDifRC(store_path="")
+    FedDifRC(store_path="", tdcl_weight=0.0, ndcr_weight=0.0)  # FedAvg, no store
+
+
+def test_semanticfl_attaches_anchors_to_every_message(defaults, task_identity):
+    strategy = build("semanticfl", defaults, {"kd-temperature": 0.2})
+    messages = list(
+        strategy.configure_train(
+            2, ArrayRecord([np.ones(1)]), ConfigRecord({}), FakeGrid([4, 5, 6])
+        )
+    )
+    assert len(messages) == 3
+    for msg in messages:
+        assert dict(msg.content[keys.CONFIG]) == {
+            keys.SERVER_ROUND: 2,
+            keys.KD_WEIGHT: 1.0,
+            keys.KD_TEMPERATURE: 0.2,
+            keys.CON_WEIGHT: 0.01,
+            keys.CON_TAU: 0.05,
+        }
+        guidance = msg.content[keys.GUIDANCE]
+        np.testing.assert_array_equal(
+            guidance[keys.TEXT_ANCHORS].numpy(), ANCHORS["text"]
+        )
+        np.testing.assert_array_equal(
+            guidance[keys.VISUAL_ANCHORS].numpy(), ANCHORS["visual"]
+        )
+        assert set(msg.content.array_records) == {keys.ARRAYS, keys.GUIDANCE}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on", "off"),
+    [
+        ({"kd-weight": 0.0}, keys.CON_WEIGHT, keys.KD_WEIGHT),
+        ({"con-weight": 0.0}, keys.KD_WEIGHT, keys.CON_WEIGHT),
+    ],
+)
+def test_semanticfl_ablation_is_config_only(
+    defaults, task_identity, overrides, on, off
+):
+    config = one_message(build("semanticfl", defaults, overrides)).content["config"]
+    assert on in config and off not in config
+
+
+def test_semanticfl_rejects_mismatched_anchors():
+    with pytest.raises(ValueError, match=r"\(C, d\)"):
+        SemanticFL(anchors={"text": np.ones((3, 2)), "visual": np.ones((3, 4))})

@@ -1,7 +1,8 @@
 """Strategy registry: method name (run config ``method``) -> strategy class.
 
 Each class subclasses a Flower strategy in its own file and has a
-``from_config(cfg, **flower_kwargs)`` constructor.
+``from_config(cfg, **kwargs)`` constructor; the guided methods also take what
+``server_app.guidance.guidance_kwargs`` prepared (anchors or a store path).
 """
 
 from __future__ import annotations
@@ -9,15 +10,27 @@ from __future__ import annotations
 from flwr.serverapp.strategy import Strategy
 
 from server_app.strategies.fedavg import FedAvg
+from server_app.strategies.feddifrc import FedDifRC
 from server_app.strategies.fedprox import FedProx
 from server_app.strategies.moon import Moon
+from server_app.strategies.semanticfl import SemanticFL
 
-__all__ = ["FedAvg", "FedProx", "Moon", "STRATEGIES", "get_strategy_class"]
+__all__ = [
+    "FedAvg",
+    "FedDifRC",
+    "FedProx",
+    "Moon",
+    "SemanticFL",
+    "STRATEGIES",
+    "get_strategy_class",
+]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
     "moon": Moon,
+    "feddifrc": FedDifRC,
+    "semanticfl": SemanticFL,
 }
 
 

@@ -1,0 +1,135 @@
+"""The client's diffusion-side targets: its own rows of the store, or the anchors.
+
+FedDifRC: the server filled the feature store once before round 1; a client
+reads only the shards holding its own sample indices (``FeatureStore.read``).
+SemanticFL: the class anchors arrive in the train Message (``guidance`` record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Message
+from torch import Tensor
+
+from client_app.training import Guidance, LocalSettings
+from common import keys
+
+_CACHE: OrderedDict[tuple, Guidance] = OrderedDict()
+_CACHE_SIZE = 4  # a Ray actor serves several clients; keep their reads in memory
+
+
+def instance_features(
+    store_path: str | Path,
+    indices: np.ndarray,
+    labels: Tensor,
+    *,
+    tdcl: bool,
+    ndcr: bool,
+    self_supervised: bool = False,
+) -> Guidance:
+    """FedDifRC targets of samples ``indices`` (train-set positions), float32.
+
+    Store layouts (``server_app/guidance.py``):
+
+    - supervised, TDCL on: ``cond`` rows, one per class prompt, with their
+      class ids; the positive is the row of the sample's label, the negatives
+      the others, and ``f_noise`` is the positive (same image, noise and prompt);
+    - supervised, NDCR only: the ``noise`` kind (true-class prompt);
+    - self-supervised: ``cond`` rows [positive prompt, NDCR prompt, class names...]
+      computed without labels; ``labels`` are not read.
+    """
+    from diffusion_service import FeatureStore
+
+    idx = np.asarray(indices, dtype=np.int64)
+    store = FeatureStore(Path(store_path))
+    if self_supervised:
+        feats, _ = store.read("cond", idx)
+        feats = feats.float()
+        return Guidance(
+            f_pos=feats[:, 0] if tdcl else None,
+            f_neg=feats[:, 2:] if tdcl else None,
+            f_noise=feats[:, 1] if ndcr else None,
+        )
+    if not tdcl:
+        feats, _ = store.read("noise", idx)
+        return Guidance(f_noise=feats.float() if ndcr else None)
+    feats, classes = store.read("cond", idx)
+    feats, y = feats.float(), torch.as_tensor(labels, dtype=torch.long).view(-1, 1)
+    is_pos = classes == y
+    if not bool((is_pos.sum(1) == 1).all()):
+        raise ValueError(
+            f"the feature store {store_path} does not hold exactly one true-class "
+            "row per sample: it was made for other labels or another dataset"
+        )
+    n, s, d = feats.shape
+    f_pos = feats[is_pos]
+    return Guidance(
+        f_pos=f_pos,
+        f_neg=feats[~is_pos].view(n, s - 1, d),
+        f_noise=f_pos if ndcr else None,
+    )
+
+
+def cached_instance_features(
+    store_path: str, indices: np.ndarray, labels: Tensor, settings: LocalSettings
+) -> Guidance:
+    """:func:`instance_features`, remembered across rounds in this process."""
+    digest = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
+    key = (
+        store_path,
+        digest,
+        settings.tdcl_weight is not None,
+        settings.ndcr_weight is not None,
+        settings.self_supervised,
+    )
+    if key not in _CACHE:
+        _CACHE[key] = instance_features(
+            store_path,
+            indices,
+            labels,
+            tdcl=key[2],
+            ndcr=key[3],
+            self_supervised=key[4],
+        )
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return _CACHE[key]
+
+
+def anchors_from_message(msg: Message) -> tuple[Tensor, Tensor]:
+    """SemanticFL's (text, visual) anchors, each (C, d), from the train Message."""
+    if keys.GUIDANCE not in msg.content.array_records:
+        raise KeyError(
+            f"the train config switches on a SemanticFL term but the Message has "
+            f"no '{keys.GUIDANCE}' ArrayRecord with the class anchors"
+        )
+    record = msg.content[keys.GUIDANCE]
+    return tuple(  # type: ignore[return-value]
+        torch.from_numpy(record[k].numpy().astype(np.float32))
+        for k in (keys.TEXT_ANCHORS, keys.VISUAL_ANCHORS)
+    )
+
+
+def guidance_for(
+    msg: Message, settings: LocalSettings, indices: np.ndarray, labels: Tensor
+) -> Guidance | None:
+    """Everything the switched-on guided terms need (None for other methods)."""
+    if not (settings.needs_instance_features or settings.needs_anchors):
+        return None
+    parts: dict[str, Tensor | None] = {}
+    if settings.needs_instance_features:
+        if not settings.feature_store:
+            raise KeyError("a FedDifRC term is on but the train config has no store")
+        inst = cached_instance_features(
+            settings.feature_store, indices, labels, settings
+        )
+        parts.update(f_pos=inst.f_pos, f_neg=inst.f_neg, f_noise=inst.f_noise)
+    if settings.needs_anchors:
+        text, visual = anchors_from_message(msg)
+        parts.update(text_anchors=text, visual_anchors=visual)
+    return Guidance(**parts)

@@ -1,0 +1,156 @@
+"""Server-side guidance prep and the client's reads, with a tiny random model."""
+
+import numpy as np
+import pytest
+import torch
+
+from client_app.guidance import instance_features
+from common.config import RunConfig
+from common.federation import data_split
+from server_app import guidance as server_guidance
+
+pytest_plugins = ("diffusion_conftest",)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+D = 32  # ResNet-10 width 4
+
+
+def _cfg(defaults, tiny_sd_dir, tmp_path, **overrides):
+    return RunConfig.from_run_config(
+        {
+            **defaults,
+            "method": "feddifrc",
+            "guidance-model": str(tiny_sd_dir),
+            "guidance-layers": "0,1",  # the tiny U-Net has 2 up blocks
+            "model-width": 4,
+            "num-clients": 3,
+            "partitioner": "iid",
+            "max-samples-per-client": 12,
+            "public-split-size": 30,
+            "output-dir": str(tmp_path),
+            **overrides,
+        }
+    )
+
+
+def test_embedded_without_weights_names_the_pretraining_command(tmp_path, monkeypatch):
+    empty = tmp_path / "embedded"
+    empty.mkdir()
+    monkeypatch.setattr(server_guidance, "embedded_candidates", lambda: [empty])
+    with pytest.raises(server_guidance.GuidanceModelMissingError) as err:
+        server_guidance.resolve_guidance_model("embedded")
+    assert server_guidance.PRETRAIN_COMMAND in str(err.value)
+    assert str(empty) in str(err.value)
+    for part in ("vae", "unet"):  # configs only: what a FAB install holds
+        (empty / part).mkdir()
+        (empty / part / "config.json").write_text("{}")
+    with pytest.raises(server_guidance.GuidanceModelMissingError):
+        server_guidance.resolve_guidance_model("embedded")
+    for part in ("vae", "unet"):
+        (empty / part / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert server_guidance.resolve_guidance_model("embedded") == str(empty)
+    assert server_guidance.resolve_guidance_model("some/hub-id") == "some/hub-id"
+
+
+def test_default_embedded_candidates_include_the_package_folder():
+    import diffusion_service
+
+    first = server_guidance.embedded_candidates()[0]
+    assert first.parent == server_guidance.Path(diffusion_service.__file__).parent
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kinds"),
+    [
+        ({}, ("cond",)),
+        ({"tdcl-weight": 0.0}, ("noise",)),
+        ({"tdcl-weight": 0.0, "ndcr-weight": 0.0}, ()),
+        ({"self-supervised": True, "tdcl-weight": 0.0}, ("cond",)),
+    ],
+)
+def test_feddifrc_extracts_only_what_its_terms_need(defaults, overrides, kinds):
+    cfg = RunConfig.from_run_config(
+        {**defaults, "method": "feddifrc", "public-split-size": 10, **overrides}
+    )
+    assert server_guidance.feddifrc_kinds(cfg) == kinds
+
+
+def test_store_root_defaults_under_the_output_dir(defaults, tmp_path):
+    cfg = RunConfig.from_run_config({**defaults, "output-dir": str(tmp_path)})
+    assert server_guidance.store_root(cfg) == tmp_path / "feature-store"
+
+
+def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tmp_path):
+    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="semanticfl")
+    split = data_split(cfg)
+    anchors = server_guidance.prepare_semanticfl(cfg, split)
+    for name in ("text", "visual"):
+        a = anchors[name]
+        assert a.shape == (10, D) and a.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(anchors["text"], anchors["visual"])
+    # only public samples were featurised (no client data on the server side)
+    (store,) = (tmp_path / "feature-store").glob("*/manifest.json")
+    from diffusion_service import FeatureStore
+
+    stored = FeatureStore(store.parent).stored_indices("noise")
+    np.testing.assert_array_equal(stored, np.sort(split.public))
+    again = server_guidance.prepare_semanticfl(cfg, split)  # cached, deterministic
+    np.testing.assert_array_equal(again["visual"], anchors["visual"])
+
+
+def test_feddifrc_store_holds_every_client_sample_and_clients_read_their_own(
+    defaults, tiny_sd_dir, tmp_path
+):
+    from diffusion_service import FeatureStore, extract
+
+    cfg = _cfg(defaults, tiny_sd_dir, tmp_path)
+    split = data_split(cfg)
+    path, info = server_guidance.prepare_feddifrc(cfg, split)
+    store = FeatureStore(server_guidance.Path(path))
+    everyone = np.unique(np.concatenate(split.clients))
+    np.testing.assert_array_equal(store.stored_indices("cond"), everyone)
+    assert info == {"samples": 36, "computed": {"cond": 36}}
+
+    from common.datasets import load_dataset
+
+    labels = load_dataset(cfg.dataset)[0].labels
+    own = split.clients[1]
+    g = instance_features(path, own, labels[own], tdcl=True, ndcr=True)
+    assert g.f_pos.shape == (len(own), D) and g.f_neg.shape == (len(own), 9, D)
+    assert g.f_noise is g.f_pos
+    # the positive is the true-class row, i.e. exactly the "noise" feature
+    session = server_guidance.open_guidance_session(
+        cfg, split, num_negatives=None, self_supervised=False
+    )
+    extract(session, kinds=("noise",), indices=own, progress=False)
+    noise, _ = session.store.read("noise", own)
+    assert torch.equal(noise.float(), g.f_pos)
+    # negatives are the other class rows, not the positive
+    cos = torch.einsum("nd,nkd->nk", g.f_pos, g.f_neg)
+    assert (cos < 1 - 1e-4).all()
+
+
+def test_feddifrc_sampled_negatives_and_self_supervised_layouts(
+    defaults, tiny_sd_dir, tmp_path
+):
+    from common.datasets import load_dataset
+
+    labels = load_dataset("fashion-mnist")[0].labels
+    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, **{"tdcl-negatives": 3})
+    split = data_split(cfg)
+    own = split.clients[0]
+    path, _ = server_guidance.prepare_feddifrc(cfg, split)
+    g = instance_features(path, own, labels[own], tdcl=True, ndcr=False)
+    assert g.f_neg.shape == (len(own), 3, D) and g.f_noise is None
+
+    ss = _cfg(defaults, tiny_sd_dir, tmp_path, **{"self-supervised": True})
+    ss_path, _ = server_guidance.prepare_feddifrc(ss, split)
+    assert ss_path != path
+    wrong = torch.full_like(labels[own], 99)  # labels are not read
+    g = instance_features(
+        ss_path, own, wrong, tdcl=True, ndcr=True, self_supervised=True
+    )
+    assert g.f_pos.shape == (len(own), D) and g.f_noise.shape == (len(own), D)
+    assert g.f_neg.shape == (len(own), 10, D)  # every class name is a negative
+    assert not torch.equal(g.f_pos, g.f_noise)  # "similar" vs "visual object"
