@@ -139,8 +139,16 @@ def render_model_card(log: dict, hashes: dict, evidence: dict | None = None) -> 
             f"- Zero-shot diffusion classification on {zs['num_images']} "
             f"{data['dataset']} test images: accuracy {zs['accuracy']:.3f} "
             f"(chance {zs['chance']:.3f}).",
-            "",
         ]
+        if "probe" in evidence:
+            pr = evidence["probe"]
+            out.append(
+                f"- Linear probe ({pr['protocol']}): guidance features "
+                f"{pr['guidance_features_accuracy']:.3f}, raw pixels "
+                f"{pr['raw_pixels_accuracy']:.3f}, chance {pr['chance']:.3f} "
+                "(`python -m diffusion_service.pretrain.probe`)."
+            )
+        out.append("")
     out += [
         "## Files and hashes",
         f"Total size of weights and configs: {size / 1e6:.2f} MB. Combined SHA-256 "
@@ -162,6 +170,9 @@ def write_model_card(model_dir: Path, path: Path | None = None) -> Path:
     log = json.loads((model_dir / "training_log.json").read_text())
     ev_path = model_dir / "evidence.json"
     evidence = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+    probe_path = model_dir / "probe.json"
+    if evidence is not None and probe_path.is_file():
+        evidence["probe"] = json.loads(probe_path.read_text())
     path = Path(path) if path else model_dir / "MODEL_CARD.md"
     atomic_write_text(path, render_model_card(log, weights_sha256(model_dir), evidence))
     return path
