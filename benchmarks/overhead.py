@@ -31,7 +31,7 @@ import torch
 
 from client_app.training import LocalSettings, train
 from common.config import RunConfig
-from common.federation import client_tensors, make_model
+from common.federation import client_tensors, local_training_config, make_model
 from common.io import read_jsonl
 from deploy.local_sim import app_defaults, run_simulation
 
@@ -78,13 +78,8 @@ def _train_client(cfg: RunConfig, pid: int, state: dict, seed: int) -> tuple[dic
     x, y = client_tensors(cfg, pid)  # cached per worker process, as in an actor
     model = make_model(cfg)
     model.load_state_dict(state)
-    settings = LocalSettings(
-        lr=cfg.learning_rate,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-    )
+    # exactly the settings the server sends its clients
+    settings = LocalSettings.from_config(local_training_config(cfg))
     train(model, x, y, settings, seed=seed)
     return model.state_dict(), len(y)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common import keys
 from common.config import RunConfig
 from common.datasets import DatasetSpec, get_spec, load_dataset, to_float
 from common.models import build_model
@@ -112,3 +113,14 @@ def resolve_device(name: str) -> torch.device:
             "machine; use --run-config \"device='cpu'\""
         )
     return torch.device(name)
+
+
+def local_training_config(cfg: RunConfig) -> dict[str, float | int]:
+    """The local-SGD settings the server sends in every train config."""
+    return {
+        keys.LR: cfg.learning_rate,
+        keys.MOMENTUM: cfg.momentum,
+        keys.WEIGHT_DECAY: cfg.weight_decay,
+        keys.LOCAL_EPOCHS: cfg.local_epochs,
+        keys.BATCH_SIZE: cfg.batch_size,
+    }

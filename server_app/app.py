@@ -12,7 +12,13 @@ from common import keys
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset, to_float
 from common.evaluation import evaluate, linear_probe
-from common.federation import data_split, make_model, resolve_device, test_tensors
+from common.federation import (
+    data_split,
+    local_training_config,
+    make_model,
+    resolve_device,
+    test_tensors,
+)
 from common.io import atomic_write_json
 from server_app.guidance import guidance_kwargs
 from server_app.reporting import RunRecorder
@@ -76,15 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
         **guidance,
     )
-    train_config = ConfigRecord(
-        {
-            keys.LR: cfg.learning_rate,
-            keys.MOMENTUM: cfg.momentum,
-            keys.WEIGHT_DECAY: cfg.weight_decay,
-            keys.LOCAL_EPOCHS: cfg.local_epochs,
-            keys.BATCH_SIZE: cfg.batch_size,
-        }
-    )
+    train_config = ConfigRecord(local_training_config(cfg))
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
