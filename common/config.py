@@ -36,7 +36,7 @@ class RunConfig:
     """All settings of one federated run (see ``pyproject.toml`` for defaults)."""
 
     # method and federation
-    method: str = "fedavg"
+    method: str = "semanticfl"
     num_server_rounds: int = 20
     num_clients: int = 10
     fraction_train: float = 1.0
@@ -80,7 +80,7 @@ class RunConfig:
     longtail_rho: float = 10.0
     min_partition_size: int = 10
     max_samples_per_client: int = 3000
-    public_split_size: int = 0
+    public_split_size: int = 10_000
     validation_fraction: float = 0.0
     augment: bool = False
     # model

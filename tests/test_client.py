@@ -10,6 +10,7 @@ from client_app import app as client
 from client_app.training import LocalSettings, augment_batch, train
 from common import keys
 from common.config import RunConfig
+from common.evaluation import evaluate
 from common.federation import client_tensors, make_model
 
 SMALL = {"num-clients": 20, "partitioner": "iid", "max-samples-per-client": 256}
@@ -143,6 +144,37 @@ def test_client_refuses_a_federation_of_the_wrong_size(defaults, task_identity):
     )
     with pytest.raises(ValueError, match="num-supernodes=20"):
         client.train(_train_msg(make_model(cfg)), context)
+
+
+def test_client_trains_on_its_train_part_and_evaluates_on_its_validation_part(
+    defaults, task_identity
+):
+    cfg = RunConfig.from_run_config(
+        {**defaults, **SMALL, "validation-fraction": 0.25}
+    )
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={keys.PARTITION_ID: 3, keys.NUM_PARTITIONS: 20},
+        state=RecordDict(),
+        run_config=cfg.to_run_config(),
+    )
+    torch.manual_seed(0)
+    model = make_model(cfg)
+    reply = client.train(_train_msg(model), context)
+    assert reply.content[keys.METRICS][keys.NUM_EXAMPLES] == 192  # 256 - 25 %
+
+    msg = Message(
+        content=RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict())}),
+        dst_node_id=7,
+        message_type="evaluate",
+    )
+    scored = client.evaluate(msg, context).content[keys.METRICS]
+    x, y = client_tensors(cfg, 3, "validation")
+    expected = evaluate(model, x, y, 10, cfg.eval_batch_size, torch.device("cpu"))
+    assert scored[keys.NUM_EXAMPLES] == len(y) == 64
+    assert scored[keys.EVAL_ACCURACY] == pytest.approx(expected.accuracy)
+    assert scored[keys.EVAL_LOSS] == pytest.approx(expected.loss)
 
 
 def test_augment_batch_keeps_shape_and_content_range():

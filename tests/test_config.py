@@ -77,7 +77,9 @@ def test_unknown_method_lists_valid_ones():
 @pytest.mark.parametrize("method", ["feddifrc", "semanticfl"])
 def test_guided_methods_need_the_public_split(defaults, method):
     with pytest.raises(ConfigError, match="public-split-size > 0"):
-        RunConfig.from_run_config({**defaults, "method": method})
+        RunConfig.from_run_config(
+            {**defaults, "method": method, "public-split-size": 0}
+        )
     cfg = RunConfig.from_run_config(
         {**defaults, "method": method, "public-split-size": 500}
     )

@@ -1,0 +1,179 @@
+"""A resumable matrix of real Flower simulations: methods x scenarios x seeds.
+
+The benchmarks (``baselines``, ``guided``) are presets of this runner. Every
+cell is one ``deploy.local_sim`` run with the same base config; only the
+method, the scenario's split keys and the seed differ. A cell whose
+``summary.json`` exists is read, not rerun, so an interrupted matrix resumes
+where it stopped. A crashed cell's partial folder is kept under another name.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.local_sim import resolve_config, run_simulation
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+# Scenario name -> the run-config keys that define its client split.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "dir0.05": {"partitioner": "dirichlet", "dirichlet-beta": 0.05},
+    "dir0.1": {"partitioner": "dirichlet", "dirichlet-beta": 0.1},
+    "dir0.5": {"partitioner": "dirichlet", "dirichlet-beta": 0.5},
+    "extreme": {"partitioner": "extreme"},
+    "longtail": {"partitioner": "longtail-dirichlet", "dirichlet-beta": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    scenario: str
+    seed: int
+
+    def name(self, rounds: int) -> str:
+        return f"{self.method}-{self.scenario}-seed{self.seed}-r{rounds}"
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def round_times(run_dir: Path) -> tuple[float, float]:
+    """Median whole-round and training-phase seconds over rounds >= 1.
+
+    A round's time runs from the end of the previous round's evaluation to the
+    end of its own, so it holds sampling, client training, aggregation and the
+    central evaluation; the training phase is that minus the evaluation.
+    """
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    rows = [r for r in rows if r["round"] >= 1]
+    whole = [r["round-seconds"] for r in rows]
+    train = [r["round-seconds"] - r["eval-seconds"] for r in rows]
+    return statistics.median(whole), statistics.median(train)
+
+
+def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
+    """Keys whose value in a finished run differs from the requested one ("" = none).
+
+    A cell is only reused when it ran with the settings asked for now; a
+    changed default (say, the public split) would otherwise slip through.
+    """
+    path = run_dir / "config.json"
+    if not (run_dir / "summary.json").exists() or not path.exists():
+        return ""
+    done = json.loads(path.read_text())
+    # Compare whole resolved configs (pyproject defaults + overrides).
+    wanted = resolve_config(APP_DIR, overrides).to_run_config()
+    differ = [
+        f"{k}={done.get(k)!r} not {v!r}"
+        for k, v in wanted.items()
+        if k != "output-dir" and done.get(k) != v
+    ]
+    return ", ".join(differ)
+
+
+def run_cell(
+    cell: Cell, base: dict[str, Any], rounds: int, runs_dir: Path, label: str
+) -> dict[str, Any] | None:
+    """Run (or read back) one cell; its result row, or None if the run failed."""
+    name = cell.name(rounds)
+    run_dir = runs_dir / name
+    overrides = {
+        **base,
+        **SCENARIOS[cell.scenario],
+        "method": cell.method,
+        "seed": cell.seed,
+        "num-server-rounds": rounds,
+        "output-dir": str(runs_dir),
+        "run-name": name,
+    }
+    stale = _config_mismatch(run_dir, overrides)
+    if (run_dir / "summary.json").exists() and not stale:
+        print(f"{label}: already done, skipped", flush=True)
+    else:
+        if stale:
+            print(f"{label}: finished with other settings ({stale}), rerun", flush=True)
+        print(f"{label}: running ...", flush=True)
+        # Keep an earlier (crashed or stale) folder under another name rather
+        # than deleting results.
+        if run_dir.exists():
+            tag = "stale" if stale else "failed"
+            run_dir.rename(runs_dir / f"{name}.{tag}-{int(time.time())}")
+        result = run_simulation(APP_DIR, overrides, stream=False)
+        if not result.ok:
+            print(result.output[-3000:], file=sys.stderr)
+            print(f"{label}: run ended {result.status}", file=sys.stderr)
+            return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    whole, train = round_times(run_dir)
+    guidance_path = run_dir / "guidance.json"
+    guidance = json.loads(guidance_path.read_text()) if guidance_path.exists() else {}
+    row = {
+        "method": cell.method,
+        "scenario": cell.scenario,
+        "seed": cell.seed,
+        "rounds": rounds,
+        "final_acc": summary["final-round-accuracy"],
+        "best_acc": summary["best-round-accuracy"],
+        "best_round": summary["best-round"],
+        "round_s": whole,
+        "train_s": train,
+        "guidance_s": guidance.get("seconds", 0.0),
+        "guidance_computed": json.dumps(guidance.get("computed", {})),
+        "wall_s": summary["wall-seconds"],
+    }
+    print(
+        f"{label}: final {100 * row['final_acc']:.2f}% | best "
+        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | round "
+        f"{whole:.1f} s | guidance {row['guidance_s']:.0f} s | {fmt_time(row['wall_s'])}",
+        flush=True,
+    )
+    return row
+
+
+def run_matrix(
+    methods: list[str],
+    scenarios: list[str],
+    seeds: list[int],
+    base: dict[str, Any],
+    rounds: int,
+    runs_dir: Path,
+) -> list[dict[str, Any]] | None:
+    """Every cell in order (scenario, method, seed); None if a run failed."""
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(
+            f"unknown scenario(s) {unknown}; valid: {', '.join(SCENARIOS)}"
+        )
+    cells = [Cell(m, sc, s) for sc in scenarios for m in methods for s in seeds]
+    rows = []
+    for i, cell in enumerate(cells, 1):
+        label = (
+            f"[{i}/{len(cells)}] {cell.method:10s} {cell.scenario:8s} seed={cell.seed}"
+        )
+        row = run_cell(cell, base, rounds, runs_dir, label)
+        if row is None:
+            return None
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
