@@ -1,0 +1,44 @@
+"""The benchmark matrix: finished cells are reused only with the same settings."""
+
+import json
+
+import pytest
+
+from benchmarks.matrix import (
+    APP_DIR,
+    SCENARIOS,
+    Cell,
+    _config_mismatch,
+    round_times,
+    run_matrix,
+)
+from deploy.local_sim import resolve_config
+
+
+def _finished_cell(run_dir, overrides, round_seconds):
+    run_dir.mkdir(parents=True)
+    cfg = resolve_config(APP_DIR, overrides).to_run_config()
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    (run_dir / "summary.json").write_text("{}")
+    rows = [{"round": 0, "round-seconds": 99.0, "eval-seconds": 1.0}]
+    rows += [
+        {"round": r, "round-seconds": s, "eval-seconds": 1.0}
+        for r, s in enumerate(round_seconds, 1)
+    ]
+    (run_dir / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+
+
+def test_a_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
+    overrides = {"method": "fedavg", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / Cell("fedavg", "dir0.1", 42).name(3)
+    _finished_cell(run_dir, overrides, [5.0, 7.0, 6.0])
+    assert _config_mismatch(run_dir, overrides) == ""
+    stale = _config_mismatch(run_dir, {**overrides, "public-split-size": 500})
+    assert "public-split-size=10000 not 500" in stale
+    # round 0 (the initial evaluation) is left out of the medians
+    assert round_times(run_dir) == (6.0, 5.0)
+
+
+def test_unknown_scenario_lists_the_valid_ones(tmp_path):
+    with pytest.raises(SystemExit, match="dir0.1, dir0.5, extreme"):
+        run_matrix(["fedavg"], ["dir0.2"], [42], {}, 1, tmp_path)
