@@ -213,6 +213,7 @@ def train(
     guidance = guidance or Guidance()
     guidance.check(settings, len(images))
     labelled = not settings.self_supervised
+    head = getattr(model, "guidance_head", None)
 
     sums = dict.fromkeys(
         ("loss", "ce", "prox", "moon", "tdcl", "ndcr", "kd", "con", "correct"), 0.0
@@ -251,7 +252,9 @@ def train(
                 )
                 loss = loss + settings.moon_mu * con
                 sums["moon"] += con.item() * len(idx)
-            terms = _guided_terms(out.embedding, idx, y, settings, guidance, generator)
+            # The guided terms see z through the model's projector, if it has one.
+            z_guided = head(out.embedding) if head is not None else out.embedding
+            terms = _guided_terms(z_guided, idx, y, settings, guidance, generator)
             for name, (weight, value) in terms.items():
                 loss = loss + weight * value
                 sums[name] += value.item() * len(idx)

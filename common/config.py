@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from common.datasets import DATASETS, get_spec
-from common.models import MODELS
+from common.models import GUIDANCE_HEADS, MODELS
 from common.partition import PARTITIONERS
 
 
@@ -57,6 +57,7 @@ class RunConfig:
     guidance_model: str = "embedded"
     guidance_timestep: int = 150
     guidance_layers: str = "1,2,3"
+    guidance_head: str = "none"
     prompt_template: str = "a photo of a {}"
     feature_store: str = ""
     # FedDifRC terms (papers' values, unverified: notes/papers.md section 2)
@@ -250,6 +251,7 @@ class RunConfig:
             value = getattr(self, key.replace("-", "_"))
             _check(value > 0, key, value, "a float > 0")
         _one_of("ndcr-mode", self.ndcr_mode, dict.fromkeys(NDCR_MODES))
+        _one_of("guidance-head", self.guidance_head, GUIDANCE_HEADS)
         if self.dataset in DATASETS:
             others = get_spec(self.dataset).num_classes - 1
             _check(

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from common import keys
-from common.config import RunConfig
+from common.config import GUIDED_METHODS, RunConfig
 from common.datasets import DatasetSpec, get_spec, load_dataset, to_float
-from common.models import build_model
+from common.models import attach_guidance_head, build_model
 from common.partition import DataSplit, Partitioning, split_dataset
 
 
@@ -100,9 +100,12 @@ def test_tensors(cfg: RunConfig) -> tuple[Tensor, Tensor]:
 def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     """The run's client model, freshly initialised from the global torch RNG."""
     spec = spec or get_spec(cfg.dataset)
-    return build_model(
+    model = build_model(
         cfg.model, spec.in_channels, spec.num_classes, cfg.model_width, spec.image_size
     )
+    if cfg.method in GUIDED_METHODS:
+        attach_guidance_head(model, cfg.guidance_head)
+    return model
 
 
 def resolve_device(name: str) -> torch.device:

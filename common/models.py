@@ -113,6 +113,31 @@ class MobileNetV2(nn.Module):
         return ModelOutput(z, self.classifier(z))
 
 
+# name -> factory(d) of the learnable projector that the guided loss terms see
+# (ours, not in either paper). The client's z is a post-ReLU average, so it is
+# non-negative, while the PCA-projected diffusion features are signed: a cosine
+# between them cannot approach 1. A projector lets z keep its shape for the
+# classifier and still align with the guidance. It is part of the model, so
+# it is aggregated like every other weight; "none" aligns z itself (the papers').
+GUIDANCE_HEADS: dict[str, Callable[[int], nn.Module] | None] = {
+    "none": None,
+    "linear": lambda d: nn.Linear(d, d),
+    "mlp": lambda d: nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d)),
+}
+
+
+def attach_guidance_head(model: nn.Module, kind: str) -> nn.Module:
+    """Add ``model.guidance_head`` (see :data:`GUIDANCE_HEADS`); returns ``model``."""
+    if kind not in GUIDANCE_HEADS:
+        raise ValueError(
+            f"unknown guidance head {kind!r}; valid: {', '.join(GUIDANCE_HEADS)}"
+        )
+    factory = GUIDANCE_HEADS[kind]
+    if factory is not None:
+        model.guidance_head = factory(model.embedding_dim)
+    return model
+
+
 ModelFactory = Callable[[int, int, int, int], nn.Module]
 
 # name -> factory(in_channels, num_classes, width, image_size)

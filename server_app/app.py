@@ -80,6 +80,7 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.min_available_clients,
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
+        evaluate_metrics_aggr_fn=recorder.aggregate_validation_metrics,
         **guidance,
     )
     train_config = ConfigRecord(local_training_config(cfg))

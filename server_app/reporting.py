@@ -59,6 +59,8 @@ class RunRecorder:
         self.rounds: list[int] = []
         self.accuracy: list[float] = []
         self._pending_train: dict[str, Any] = {}
+        self._pending_validation: dict[str, Any] = {}
+        self.validation: list[float | None] = []
         self._t_start = time.perf_counter()
         self._t_last = self._t_start
         atomic_write_json(self.dir / "config.json", cfg.to_run_config())
@@ -108,6 +110,18 @@ class RunRecorder:
         self._pending_train["clients"] = len(records)
         return aggregated
 
+    def aggregate_validation_metrics(
+        self, records: list[RecordDict], weighting_key: str
+    ) -> MetricRecord:
+        """Clients' scores on their validation parts (``fraction-evaluate`` > 0).
+
+        This is the number to tune on; the central test set is for reporting.
+        """
+        aggregated = aggregate_metricrecords(records, weighting_key)
+        self._pending_validation = dict(aggregated)
+        self._pending_validation["clients"] = len(records)
+        return aggregated
+
     def check_round_trained(self, server_round: int) -> None:
         """Fail the run when no client returned a training result this round.
 
@@ -139,6 +153,9 @@ class RunRecorder:
             "elapsed-seconds": now - self._t_start,
             "train": self._pending_train,
         }
+        if self._pending_validation:
+            row["validation"] = self._pending_validation
+        self.validation.append(self._pending_validation.get(keys.EVAL_ACCURACY))
         append_jsonl(self.metrics_path, row)
         plot_accuracy(
             self.rounds,
@@ -147,10 +164,11 @@ class RunRecorder:
             self.dir / "accuracy.png",
         )
         train_loss = self._pending_train.get(keys.TRAIN_LOSS)
+        val_acc = self.validation[-1]
         log(
             INFO,
             "[round %d/%d] test accuracy %.2f%% | test loss %.4f | best %.2f%% (round %d)"
-            " | train loss %s | %.1f s (eval %.1f s)",
+            " | train loss %s%s | %.1f s (eval %.1f s)",
             server_round,
             self.cfg.num_server_rounds,
             100 * result.accuracy,
@@ -158,11 +176,30 @@ class RunRecorder:
             100 * self.accuracy[best],
             self.rounds[best],
             "-" if train_loss is None else f"{train_loss:.4f}",
+            "" if val_acc is None else f" | validation accuracy {100 * val_acc:.2f}%",
             now - self._t_last,
             eval_seconds,
         )
         self._pending_train = {}
+        self._pending_validation = {}
         self._t_last = time.perf_counter()
+
+    def _validation_summary(self) -> dict[str, Any]:
+        """Final and best validation accuracy, and the test accuracy of that round.
+
+        Model selection by validation is the honest counterpart of best-round
+        test accuracy; empty when no client evaluated.
+        """
+        scored = [(a, i) for i, a in enumerate(self.validation) if a is not None]
+        if not scored:
+            return {}
+        best_val, i = max(scored)
+        return {
+            "final-validation-accuracy": scored[-1][0],
+            "best-validation-accuracy": best_val,
+            "best-validation-round": self.rounds[i],
+            "test-accuracy-at-best-validation-round": self.accuracy[i],
+        }
 
     def finish(self, arrays: ArrayRecord, model: nn.Module) -> dict[str, Any]:
         """Save the final global model and ``summary.json``; return the summary."""
@@ -186,6 +223,7 @@ class RunRecorder:
             "best-round-accuracy": self.accuracy[best],
             "best-round-note": "best over evaluated rounds (the papers report this); "
             "final-round-accuracy is the primary result",
+            **self._validation_summary(),
             "wall-seconds": time.perf_counter() - self._t_start,
             "run-dir": str(self.dir),
         }

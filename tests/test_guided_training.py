@@ -259,3 +259,48 @@ def test_client_handler_reads_anchors_from_the_message(defaults, task_identity):
     metrics = reply.content[keys.METRICS]
     assert metrics[keys.TRAIN_KD] > 0 and metrics[keys.TRAIN_CON] > 0
     assert metrics[keys.NUM_EXAMPLES] == 64
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_guided_terms_train_the_guidance_head_and_ce_does_not(kind, data):
+    from common.models import attach_guidance_head
+
+    model = attach_guidance_head(_model(), kind)
+    head_before = [p.detach().clone() for p in model.guidance_head.parameters()]
+    guided = train(model, *data, _settings(kd_weight=1.0), guidance=_guidance())
+    assert guided[keys.TRAIN_KD] > 0
+    assert any(
+        not torch.equal(p, b)
+        for p, b in zip(model.guidance_head.parameters(), head_before, strict=True)
+    )
+    # Without a guided term the head gets no gradient: CE never sees it.
+    model = attach_guidance_head(_model(), kind)
+    head_before = [p.detach().clone() for p in model.guidance_head.parameters()]
+    train(model, *data, _settings(), guidance=_guidance())
+    assert all(
+        torch.equal(p, b)
+        for p, b in zip(model.guidance_head.parameters(), head_before, strict=True)
+    )
+
+
+def test_guidance_head_is_part_of_guided_models_only(defaults):
+    from common.config import ConfigError, RunConfig
+    from common.federation import make_model
+
+    def build(method, head):
+        cfg = RunConfig.from_run_config(
+            {
+                **defaults,
+                "method": method,
+                "guidance-head": head,
+                "public-split-size": 100,
+            }
+        )
+        return make_model(cfg)
+
+    assert not hasattr(build("semanticfl", "none"), "guidance_head")
+    assert not hasattr(build("fedavg", "mlp"), "guidance_head")
+    state = build("feddifrc", "linear").state_dict()
+    assert state["guidance_head.weight"].shape == (128, 128)  # width 16: d = 128
+    with pytest.raises(ConfigError, match="guidance-head.*linear, mlp, none"):
+        build("semanticfl", "transformer")

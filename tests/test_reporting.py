@@ -119,3 +119,53 @@ def test_evaluate_per_class_accuracy_hand_computed():
     result = evaluate(Fixed(), x, y, num_classes=3, batch_size=2)
     assert result.accuracy == pytest.approx(4 / 5)
     assert result.per_class_accuracy == pytest.approx([1.0, 0.5, 1.0])
+
+
+def test_validation_scores_are_recorded_and_select_a_round(defaults, tmp_path):
+    """Clients' validation accuracy goes to metrics.jsonl and picks a round.
+
+    The test accuracy reported for that round is the honest (validation-
+    selected) counterpart of best-round test accuracy.
+    """
+    from flwr.app import MetricRecord, RecordDict
+
+    from common import keys
+
+    cfg = RunConfig.from_run_config(
+        {**defaults, "output-dir": str(tmp_path), "run-name": "v", "num-clients": 2}
+    )
+    rec = RunRecorder(cfg)
+    rec.record_round(0, _result(0.1), eval_seconds=0.1)  # no client evaluated
+    test_acc = [0.5, 0.9, 0.7]
+    val_acc = [(0.4, 0.6), (0.5, 0.5), (0.9, 0.7)]  # weighted means 0.55, 0.5, 0.75
+    for rnd, (acc, (a, b)) in enumerate(zip(test_acc, val_acc, strict=True), 1):
+        replies = [
+            RecordDict(
+                {
+                    keys.METRICS: MetricRecord(
+                        {keys.EVAL_ACCURACY: a, keys.NUM_EXAMPLES: 10}
+                    )
+                }
+            ),
+            RecordDict(
+                {
+                    keys.METRICS: MetricRecord(
+                        {keys.EVAL_ACCURACY: b, keys.NUM_EXAMPLES: 30}
+                    )
+                }
+            ),
+        ]
+        rec.aggregate_validation_metrics(replies, keys.NUM_EXAMPLES)
+        rec.record_round(rnd, _result(acc), eval_seconds=0.1)
+    model = build_model("resnet10", 1, 3, 4, 28)
+    summary = rec.finish(ArrayRecord(model.state_dict()), model)
+
+    rows = read_jsonl(tmp_path / "v" / "metrics.jsonl")
+    assert "validation" not in rows[0]
+    assert rows[1]["validation"][keys.EVAL_ACCURACY] == pytest.approx(0.55)
+    assert rows[1]["validation"]["clients"] == 2
+    assert summary["best-validation-round"] == 3
+    assert summary["best-validation-accuracy"] == pytest.approx(0.75)
+    # test accuracy at the validation-selected round, not the best test round
+    assert summary["test-accuracy-at-best-validation-round"] == 0.7
+    assert summary["best-round"] == 2
