@@ -2,9 +2,13 @@
 
 The benchmarks (``baselines``, ``guided``) are presets of this runner. Every
 cell is one ``deploy.local_sim`` run with the same base config; only the
-method, the scenario's split keys and the seed differ. A cell whose
-``summary.json`` exists is read, not rerun, so an interrupted matrix resumes
-where it stopped. A crashed cell's partial folder is kept under another name.
+method, the scenario's split keys and the seed differ. A "method" is a
+registered method name or a *variant*: a label with its own overrides, such as
+``semanticfl-mlp`` = SemanticFL with ``guidance-head = "mlp"`` (``VARIANTS``).
+
+A cell whose ``summary.json`` exists and whose recorded config equals the one
+asked for is read, not rerun, so an interrupted matrix resumes where it
+stopped. A crashed or stale cell's folder is kept under another name.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.config import RunConfig
 from deploy.local_sim import resolve_config, run_simulation
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -29,6 +34,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "extreme": {"partitioner": "extreme"},
     "longtail": {"partitioner": "longtail-dirichlet", "dirichlet-beta": 0.5},
 }
+
+
+# Variant label -> its run-config overrides (a plain method name needs none).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "feddifrc-mlp": {"method": "feddifrc", "guidance-head": "mlp"},
+    "semanticfl-mlp": {"method": "semanticfl", "guidance-head": "mlp"},
+}
+
+
+def method_overrides(label: str) -> dict[str, Any]:
+    """The run-config keys of a method label (a method name or a variant)."""
+    return VARIANTS.get(label, {"method": label})
+
+
+LAST_K = 5  # rounds averaged in the "last rounds" accuracy
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,16 @@ def fmt_time(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def _rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics lines of rounds >= 1 (round 0 is the initial model)."""
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    return [r for r in rows if r["round"] >= 1]
+
+
 def round_times(run_dir: Path) -> tuple[float, float]:
     """Median whole-round and training-phase seconds over rounds >= 1.
 
@@ -52,15 +82,20 @@ def round_times(run_dir: Path) -> tuple[float, float]:
     end of its own, so it holds sampling, client training, aggregation and the
     central evaluation; the training phase is that minus the evaluation.
     """
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    rows = [r for r in rows if r["round"] >= 1]
+    rows = _rounds(run_dir)
     whole = [r["round-seconds"] for r in rows]
     train = [r["round-seconds"] - r["eval-seconds"] for r in rows]
     return statistics.median(whole), statistics.median(train)
+
+
+def last_rounds_accuracy(run_dir: Path, k: int = LAST_K) -> float:
+    """Mean test accuracy of the last ``k`` rounds.
+
+    Under strong skew the global model's accuracy swings by several points
+    from one round to the next, so one round (final or best) is a noisy pick;
+    this is a steadier summary, reported next to both.
+    """
+    return statistics.fmean(r["central-accuracy"] for r in _rounds(run_dir)[-k:])
 
 
 def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
@@ -72,8 +107,10 @@ def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
     path = run_dir / "config.json"
     if not (run_dir / "summary.json").exists() or not path.exists():
         return ""
-    done = json.loads(path.read_text())
-    # Compare whole resolved configs (pyproject defaults + overrides).
+    # Compare whole resolved configs (pyproject defaults + overrides). A key
+    # missing from an older run's record did not exist then; that run behaved
+    # as the key's default does.
+    done = {**RunConfig().to_run_config(), **json.loads(path.read_text())}
     wanted = resolve_config(APP_DIR, overrides).to_run_config()
     differ = [
         f"{k}={done.get(k)!r} not {v!r}"
@@ -92,7 +129,7 @@ def run_cell(
     overrides = {
         **base,
         **SCENARIOS[cell.scenario],
-        "method": cell.method,
+        **method_overrides(cell.method),
         "seed": cell.seed,
         "num-server-rounds": rounds,
         "output-dir": str(runs_dir),
@@ -127,6 +164,7 @@ def run_cell(
         "final_acc": summary["final-round-accuracy"],
         "best_acc": summary["best-round-accuracy"],
         "best_round": summary["best-round"],
+        "last_acc": last_rounds_accuracy(run_dir),
         "round_s": whole,
         "train_s": train,
         "guidance_s": guidance.get("seconds", 0.0),
@@ -135,7 +173,8 @@ def run_cell(
     }
     print(
         f"{label}: final {100 * row['final_acc']:.2f}% | best "
-        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | round "
+        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | last-{LAST_K} "
+        f"mean {100 * row['last_acc']:.2f}% | round "
         f"{whole:.1f} s | guidance {row['guidance_s']:.0f} s | {fmt_time(row['wall_s'])}",
         flush=True,
     )
@@ -160,7 +199,7 @@ def run_matrix(
     rows = []
     for i, cell in enumerate(cells, 1):
         label = (
-            f"[{i}/{len(cells)}] {cell.method:10s} {cell.scenario:8s} seed={cell.seed}"
+            f"[{i}/{len(cells)}] {cell.method:14s} {cell.scenario:8s} seed={cell.seed}"
         )
         row = run_cell(cell, base, rounds, runs_dir, label)
         if row is None:

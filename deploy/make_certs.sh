@@ -18,7 +18,7 @@
 # Needs openssl (1.1.1 or 3.x). Prints what it wrote; exits non-zero on error.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "make_certs.sh: error: $*" >&2; exit 2; }
 
 sans="localhost,127.0.0.1"; days=365; name="server"; force=0

@@ -42,3 +42,16 @@ def test_a_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
 def test_unknown_scenario_lists_the_valid_ones(tmp_path):
     with pytest.raises(SystemExit, match="dir0.1, dir0.5, extreme"):
         run_matrix(["fedavg"], ["dir0.2"], [42], {}, 1, tmp_path)
+
+
+def test_a_key_added_since_a_cell_ran_counts_as_its_default(tmp_path):
+    overrides = {"method": "fedavg", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / "old"
+    _finished_cell(run_dir, overrides, [5.0])
+    recorded = json.loads((run_dir / "config.json").read_text())
+    del recorded["guidance-head"]  # a run from before the key existed
+    (run_dir / "config.json").write_text(json.dumps(recorded))
+    assert _config_mismatch(run_dir, overrides) == ""
+    assert "guidance-head" in _config_mismatch(
+        run_dir, {**overrides, "guidance-head": "mlp"}
+    )
