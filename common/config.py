@@ -60,6 +60,11 @@ class RunConfig:
     guidance_head: str = "none"
     prompt_template: str = "a photo of a {}"
     feature_store: str = ""
+    # standalone diffusion guidance service ("" = the model runs in the ServerApp)
+    guidance_service: str = ""
+    guidance_service_ca: str = ""
+    guidance_service_token_file: str = ""
+    guidance_service_insecure: bool = False
     # FedDifRC terms (papers' values, unverified: notes/papers.md section 2)
     tdcl_weight: float = 1.0
     tdcl_tau: float = 0.04
@@ -252,6 +257,7 @@ class RunConfig:
             _check(value > 0, key, value, "a float > 0")
         _one_of("ndcr-mode", self.ndcr_mode, dict.fromkeys(NDCR_MODES))
         _one_of("guidance-head", self.guidance_head, GUIDANCE_HEADS)
+        self._validate_guidance_service()
         if self.dataset in DATASETS:
             others = get_spec(self.dataset).num_classes - 1
             _check(
@@ -276,6 +282,69 @@ class RunConfig:
             raise ConfigError(
                 "self-supervised FedDifRC has no cross-entropy: keep tdcl-weight or "
                 "ndcr-weight above 0, or there is nothing to train"
+            )
+
+    def _validate_guidance_service(self) -> None:
+        """The service keys: an address needs a token, and TLS unless loopback.
+
+        Files are not opened here: clients parse the run config too, and only
+        the ServerApp reads the CA and the token (a missing file fails there,
+        naming it).
+        """
+        address = self.guidance_service
+        if not address:
+            given = {
+                "guidance-service-ca": self.guidance_service_ca,
+                "guidance-service-token-file": self.guidance_service_token_file,
+                "guidance-service-insecure": self.guidance_service_insecure,
+            }
+            stray = [key for key, value in given.items() if value]
+            if stray:
+                raise ConfigError(
+                    f"run-config {', '.join(map(repr, stray))} set but "
+                    "'guidance-service' is '' (the model runs in the ServerApp): "
+                    "set guidance-service = 'host:port' to use the service, or "
+                    "clear them"
+                )
+            return
+        # Imported only when a service is configured: it pulls in grpc.
+        from diffusion_service.remote.config import is_loopback, parse_service_address
+
+        try:
+            host, _ = parse_service_address(address)
+        except ValueError as exc:
+            raise ConfigError(
+                f"run-config 'guidance-service' = {address!r}: {exc} "
+                "('' runs the guidance model in the ServerApp)"
+            ) from None
+        _check(
+            bool(self.guidance_service_token_file.strip()),
+            "guidance-service-token-file",
+            self.guidance_service_token_file,
+            "the path of the service's bearer-token file (required with "
+            "guidance-service; deploy/make_certs.sh writes one)",
+        )
+        if self.guidance_service_insecure:
+            _check(
+                is_loopback(host),
+                "guidance-service-insecure",
+                True,
+                f"false for {host!r}: plain text is for loopback tests only "
+                "(127.0.0.1, ::1, localhost); give guidance-service-ca instead",
+            )
+            _check(
+                not self.guidance_service_ca,
+                "guidance-service-ca",
+                self.guidance_service_ca,
+                "'' with guidance-service-insecure = true (TLS is off)",
+            )
+        else:
+            _check(
+                bool(self.guidance_service_ca.strip()),
+                "guidance-service-ca",
+                self.guidance_service_ca,
+                "the path of the CA certificate that signed the service's "
+                "certificate (required with guidance-service; TLS is not optional)",
             )
 
 

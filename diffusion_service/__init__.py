@@ -4,8 +4,10 @@ Knows nothing of Flower (DESIGN.md sections 2 and 3). Entry points:
 
 - :class:`GuidanceModel`: the frozen diffusers components (``from_pretrained``);
 - :class:`FeatureRecipe`: every knob that changes a feature;
-- :class:`FeatureExtractor`: image -> raw / projected features;
-- :func:`open_session`, :func:`extract`, :func:`build_anchors`: the store driver;
+- :class:`FeatureExtractor`: image -> raw / projected features (the
+  :class:`Extractor` interface; ``remote.RemoteFeatureExtractor`` is the other one);
+- :func:`open_session`, :func:`extract`, :func:`build_anchors`: the store driver
+  (:func:`open_extractor_session` for an extractor built elsewhere);
 - :class:`FeatureStore`: verified fp16 shards, read per client;
 - ``python -m diffusion_service extract|anchors|info``: the command line.
 """
@@ -14,11 +16,12 @@ from .extract import (
     Session,
     build_anchors,
     extract,
+    open_extractor_session,
     open_session,
     text_anchors,
     visual_anchors,
 )
-from .features import FeatureExtractor, ImageInputError
+from .features import Extractor, FeatureExtractor, ImageInputError
 from .model import GuidanceModel, ModelLayoutError, TextWidthError
 from .projection import Projection, text_map
 from .recipe import KINDS, FeatureRecipe
@@ -32,6 +35,7 @@ from .store import (
 __all__ = [
     "KINDS",
     "CorruptShardError",
+    "Extractor",
     "FeatureExtractor",
     "FeatureRecipe",
     "FeatureStore",
@@ -45,6 +49,7 @@ __all__ = [
     "TextWidthError",
     "build_anchors",
     "extract",
+    "open_extractor_session",
     "open_session",
     "text_anchors",
     "text_map",

@@ -1,6 +1,8 @@
 """Batched extraction into the store, the fitted projection, and class anchors.
 
-:func:`open_session` binds a model, a recipe and a dataset to their store;
+:func:`open_session` binds a model, a recipe and a dataset to their store
+(:func:`open_extractor_session` does the same for an extractor built elsewhere,
+e.g. one backed by the remote guidance service);
 :func:`extract` fills the store with what is missing (a rerun computes nothing,
 an interrupted run resumes, bad shards are dropped and recomputed);
 :func:`build_anchors` computes text and visual class anchors.
@@ -21,9 +23,9 @@ from tqdm.auto import tqdm
 
 from common.io import atomic_write
 
-from .features import FeatureExtractor
+from .features import Extractor, FeatureExtractor
 from .model import GuidanceModel
-from .projection import Projection, text_map
+from .projection import Projection
 from .recipe import KINDS, FeatureRecipe, array_digest, store_key
 from .store import FeatureStore, store_path
 
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 class Session:
     """A model + recipe + dataset bound to the store that holds their features."""
 
-    extractor: FeatureExtractor
+    extractor: Extractor
     store: FeatureStore
     images: Tensor
     labels: Tensor
@@ -70,7 +72,32 @@ def open_session(
     ``fit_indices`` (default: :func:`default_fit_indices`) choose the PCA fit
     subset; pass the server's public split for client-side extraction.
     """
-    extractor = FeatureExtractor(model, recipe, class_names)
+    return open_extractor_session(
+        FeatureExtractor(model, recipe, class_names),
+        dataset=dataset,
+        images=images,
+        labels=labels,
+        root=root,
+        fit_indices=fit_indices,
+    )
+
+
+def open_extractor_session(
+    extractor: Extractor,
+    *,
+    dataset: str,
+    images: Tensor,
+    labels: Tensor,
+    root: str | Path,
+    fit_indices=None,
+) -> Session:
+    """:func:`open_session` for an extractor that is already built.
+
+    The store key takes the model fingerprint, device and dtype from
+    ``extractor.model``, so features share a store only when they come from
+    the same weights on the same kind of compute, wherever that runs.
+    """
+    model, recipe = extractor.model, extractor.recipe
     extractor.preprocess(images[:1])  # fail early on a bad image shape
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(labels) != len(images):
@@ -187,16 +214,17 @@ def extract(
     return stats
 
 
-def text_anchors(extractor: FeatureExtractor, dim: int, seed: int) -> Tensor:
+def text_anchors(extractor: Extractor, dim: int, seed: int) -> Tensor:
     """(C, d) text anchors: pooled class-prompt embeddings, mapped, unit length.
 
     The map is :func:`~.projection.text_map` (seeded random orthonormal): an
     isometry when the text width is at most d (MiniLM 384 -> 512), so the
     anchors keep the text encoder's cosine geometry exactly. They do not live in
     the visual features' PCA coordinates; the client learns to align with them.
+    Computed by the extractor (``FeatureExtractor.text_anchors``), in this
+    process or on the guidance service.
     """
-    pooled = extractor.text_pooled[: len(extractor.class_names)].cpu()
-    return F.normalize(pooled @ text_map(pooled.shape[1], dim, seed), dim=-1)
+    return extractor.text_anchors(dim, seed)
 
 
 def visual_anchors(session: Session, indices, *, kind: str = "noise") -> Tensor:

@@ -10,8 +10,9 @@ concatenate with the pooled latent (the *raw* feature); project with the fitted
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import GuidanceModel
-from .projection import Projection
+from .projection import Projection, text_map
 from .recipe import FeatureRecipe
 
 
@@ -31,6 +32,120 @@ def sample_seed(seed: int, index: int) -> int:
     """A 63-bit seed for one sample's noise, mixed from (seed, index)."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+class ModelIdentity(Protocol):
+    """What keys a store besides the recipe: which model, on what hardware."""
+
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+class Extractor(Protocol):
+    """The interface the store driver (:mod:`.extract`) uses.
+
+    :class:`FeatureExtractor` runs the model in this process; the guidance
+    service's ``RemoteFeatureExtractor`` runs it on another host. Both compute
+    the bookkeeping (prompt ids, resolution, input checks) with the helpers
+    below, so only the model work differs.
+    """
+
+    model: ModelIdentity
+    recipe: FeatureRecipe
+    class_names: tuple[str, ...]
+    resolution: int
+
+    def preprocess(self, images: Tensor) -> Tensor: ...
+
+    def prompt_ids(self, kind: str, indices, labels: Tensor) -> Tensor: ...
+
+    def raw(self, images: Tensor, indices, prompt_ids: Tensor) -> Tensor: ...
+
+    def features(
+        self, images: Tensor, indices, prompt_ids: Tensor, projection: Projection
+    ) -> Tensor: ...
+
+    def text_anchors(self, dim: int, seed: int) -> Tensor: ...
+
+
+def feature_resolution(
+    recipe: FeatureRecipe,
+    *,
+    num_up_blocks: int,
+    native_resolution: int,
+    vae_scale_factor: int,
+) -> int:
+    """The image side a recipe runs at on a model of this geometry.
+
+    Raises ``ValueError`` for up blocks the U-Net lacks or a resolution the VAE
+    cannot divide, before any image is touched.
+    """
+    bad = [i for i in recipe.up_blocks if not 0 <= i < num_up_blocks]
+    if bad:
+        raise ValueError(
+            f"up_blocks {bad} out of range: this U-Net has {num_up_blocks} "
+            f"up blocks (indices 0..{num_up_blocks - 1})"
+        )
+    resolution = int(recipe.resolution or native_resolution)
+    if resolution % vae_scale_factor:
+        raise ValueError(
+            f"resolution {resolution} is not a multiple of the VAE factor "
+            f"{vae_scale_factor}"
+        )
+    return resolution
+
+
+def check_images(images: Tensor, channels: int) -> Tensor:
+    """uint8 (N, C, H, W) images with C = ``channels`` (grayscale repeated).
+
+    Any other rank, dtype or channel count is an :class:`ImageInputError`.
+    """
+    if images.ndim != 4:
+        raise ImageInputError(
+            f"images must be (N, C, H, W), got shape {tuple(images.shape)}"
+        )
+    if images.dtype != torch.uint8:
+        raise ImageInputError(f"images must be uint8 in [0, 255], got {images.dtype}")
+    c = images.shape[1]
+    if c != channels:
+        if c != 1:
+            raise ImageInputError(
+                f"images have {c} channels; the VAE takes {channels} (or 1, "
+                "grayscale, which is repeated)"
+            )
+        images = images.expand(-1, channels, -1, -1)
+    return images
+
+
+def make_prompt_ids(
+    kind: str, indices, labels: Tensor, recipe: FeatureRecipe, num_classes: int
+) -> Tensor:
+    """(B, S) prompt ids of a feature kind for these samples.
+
+    ``noise``: the true class (S=1); ``neutral``: the neutral prompt, id
+    ``num_classes`` (S=1); ``cond``: every class in order (S=C), or the true
+    class first then ``recipe.num_negatives`` other classes drawn per sample
+    from (seed, index).
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long).view(-1)
+    if kind == "noise":
+        return labels.view(-1, 1)
+    if kind == "neutral":
+        return torch.full((len(labels), 1), num_classes, dtype=torch.long)
+    if kind != "cond":
+        raise ValueError(f"unknown feature kind {kind!r}")
+    C, k = num_classes, recipe.num_negatives
+    if k is None:
+        return torch.arange(C).expand(len(labels), C).clone()
+    if k > C - 1:
+        raise ValueError(f"num_negatives={k} but only {C - 1} other classes exist")
+    rows = []
+    for idx, y in zip(indices, labels.tolist(), strict=True):
+        rng = np.random.default_rng([recipe.seed, int(idx), 1])
+        others = np.array([c for c in range(C) if c != y])
+        rows.append([y, *rng.choice(others, size=k, replace=False).tolist()])
+    return torch.tensor(rows, dtype=torch.long)
 
 
 class FeatureExtractor:
@@ -47,22 +162,16 @@ class FeatureExtractor:
     """
 
     def __init__(
-        self, model: GuidanceModel, recipe: FeatureRecipe, class_names
+        self, model: GuidanceModel, recipe: FeatureRecipe, class_names: Sequence[str]
     ) -> None:
-        bad = [i for i in recipe.up_blocks if not 0 <= i < model.num_up_blocks]
-        if bad:
-            raise ValueError(
-                f"up_blocks {bad} out of range: this U-Net has {model.num_up_blocks} "
-                f"up blocks (indices 0..{model.num_up_blocks - 1})"
-            )
+        self.resolution = feature_resolution(
+            recipe,
+            num_up_blocks=model.num_up_blocks,
+            native_resolution=model.resolution,
+            vae_scale_factor=model.vae_scale_factor,
+        )
         self.model, self.recipe = model, recipe
         self.class_names = tuple(class_names)
-        self.resolution = int(recipe.resolution or model.resolution)
-        if self.resolution % model.vae_scale_factor:
-            raise ValueError(
-                f"resolution {self.resolution} is not a multiple of the VAE factor "
-                f"{model.vae_scale_factor}"
-            )
         self.neutral_id = len(self.class_names)
         states, pooled = model.encode_prompts(recipe.prompts(self.class_names))
         self.text_states, self.text_pooled = states, pooled
@@ -78,23 +187,7 @@ class FeatureExtractor:
         Grayscale is repeated to the VAE's channels; any other channel mismatch
         is an :class:`ImageInputError`.
         """
-        if images.ndim != 4:
-            raise ImageInputError(
-                f"images must be (N, C, H, W), got shape {tuple(images.shape)}"
-            )
-        if images.dtype != torch.uint8:
-            raise ImageInputError(
-                f"images must be uint8 in [0, 255], got {images.dtype}"
-            )
-        want = self.model.image_channels
-        c = images.shape[1]
-        if c != want:
-            if c != 1:
-                raise ImageInputError(
-                    f"images have {c} channels; the VAE takes {want} (or 1, grayscale, "
-                    "which is repeated)"
-                )
-            images = images.expand(-1, want, -1, -1)
+        images = check_images(images, self.model.image_channels)
         # Scale from uint8 once: [0, 255] -> [0, 1] -> [-1, 1] (not ToTensor + /255).
         x = images.to(self.model.device, torch.float32) / 255.0
         if x.shape[-2:] != (self.resolution, self.resolution):
@@ -204,22 +297,17 @@ class FeatureExtractor:
         ``noise``: the true class (S=1); ``neutral``: the neutral prompt (S=1);
         ``cond``: every class in order (S=C), or the true class first then
         ``num_negatives`` other classes drawn per sample from (seed, index).
+        See :func:`make_prompt_ids`.
         """
-        labels = torch.as_tensor(labels, dtype=torch.long).view(-1)
-        if kind == "noise":
-            return labels.view(-1, 1)
-        if kind == "neutral":
-            return torch.full((len(labels), 1), self.neutral_id, dtype=torch.long)
-        if kind != "cond":
-            raise ValueError(f"unknown feature kind {kind!r}")
-        C, k = len(self.class_names), self.recipe.num_negatives
-        if k is None:
-            return torch.arange(C).expand(len(labels), C).clone()
-        if k > C - 1:
-            raise ValueError(f"num_negatives={k} but only {C - 1} other classes exist")
-        rows = []
-        for idx, y in zip(indices, labels.tolist(), strict=True):
-            rng = np.random.default_rng([self.recipe.seed, int(idx), 1])
-            others = np.array([c for c in range(C) if c != y])
-            rows.append([y, *rng.choice(others, size=k, replace=False).tolist()])
-        return torch.tensor(rows, dtype=torch.long)
+        return make_prompt_ids(
+            kind, indices, labels, self.recipe, len(self.class_names)
+        )
+
+    def text_anchors(self, dim: int, seed: int) -> Tensor:
+        """(C, d) text anchors: pooled class-prompt embeddings, mapped, unit length.
+
+        The map is :func:`~.projection.text_map` (seeded random orthonormal):
+        see :func:`diffusion_service.text_anchors` for why.
+        """
+        pooled = self.text_pooled[: len(self.class_names)].cpu()
+        return F.normalize(pooled @ text_map(pooled.shape[1], dim, seed), dim=-1)

@@ -14,16 +14,24 @@ only decides what to compute from the run config:
 
 The projection to d (the client model's embedding width) is fitted on the
 public split for both methods, so it never depends on a client's data.
+
+The model runs in this process, or, when ``guidance-service`` is set, on the
+standalone guidance service (``diffusion_service.remote``): the same store
+driver then runs on a remote extractor, and a service on the same kind of
+compute gives the in-process bits (the store key holds its model fingerprint,
+device and dtype). Only the ServerApp talks to the service; clients never do.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.common import log
@@ -33,6 +41,9 @@ from common.datasets import get_spec, load_dataset
 from common.federation import make_model
 from common.partition import DataSplit
 
+if TYPE_CHECKING:
+    from diffusion_service import Extractor, FeatureRecipe, Session
+
 PRETRAIN_COMMAND = (
     "python -m diffusion_service.pretrain --out diffusion_service/embedded"
 )
@@ -41,6 +52,9 @@ PRETRAIN_COMMAND = (
 # positive, "a photo of a visual object" the NDCR target.
 SS_POSITIVE = "similar object"
 SS_NDCR = "visual object"
+# Deadline of each call to the guidance service: one Features call of a few
+# hundred samples under every class prompt can take minutes on a CPU host.
+SERVICE_CALL_TIMEOUT = 900.0
 
 
 class GuidanceModelMissingError(FileNotFoundError):
@@ -112,7 +126,9 @@ def store_root(cfg: RunConfig) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def make_recipe(cfg: RunConfig, dim: int, num_negatives: int | None = None):
+def make_recipe(
+    cfg: RunConfig, dim: int, num_negatives: int | None = None
+) -> FeatureRecipe:
     """The feature recipe of a run (timestep, layers, template, d)."""
     from diffusion_service import FeatureRecipe
 
@@ -125,14 +141,59 @@ def make_recipe(cfg: RunConfig, dim: int, num_negatives: int | None = None):
     )
 
 
-def open_guidance_session(
+def guidance_path(cfg: RunConfig) -> str:
+    """Where the guidance model runs: ``"in-process"`` or the service's address."""
+    return cfg.guidance_service or "in-process"
+
+
+@contextmanager
+def guidance_extractor(
+    cfg: RunConfig, recipe: FeatureRecipe, class_names: list[str]
+) -> Iterator[Extractor]:
+    """The run's feature extractor: the service's if configured, else in-process.
+
+    With ``guidance-service`` set, the service must pass a health check first
+    (a wrong address, CA or token fails here, naming the address); the
+    connection is closed on exit. ``guidance-model`` and ``device`` then do
+    not apply: the service runs its own model, whose fingerprint keys the store.
+    """
+    from diffusion_service import FeatureExtractor, GuidanceModel
+
+    if not cfg.guidance_service:
+        model = GuidanceModel.from_pretrained(
+            resolve_guidance_model(cfg.guidance_model), device=cfg.device
+        )
+        yield FeatureExtractor(model, recipe, class_names)
+        return
+    from diffusion_service.remote import RemoteFeatureExtractor, connect
+
+    with connect(
+        cfg.guidance_service,
+        root_ca=cfg.guidance_service_ca or None,
+        token_file=cfg.guidance_service_token_file,
+        insecure=cfg.guidance_service_insecure,
+        timeout=SERVICE_CALL_TIMEOUT,
+    ) as service:
+        extractor = RemoteFeatureExtractor(service, recipe, class_names)
+        log(
+            INFO,
+            "Guidance service %s: model %s on %s",
+            cfg.guidance_service,
+            extractor.model.fingerprint[:12],
+            extractor.model.device,
+        )
+        yield extractor
+
+
+@contextmanager
+def guidance_session(
     cfg: RunConfig,
     split: DataSplit,
     *,
     num_negatives: int | None,
     self_supervised: bool,
-):
-    """Load the guidance model and open the store of the run's training set.
+) -> Iterator[Session]:
+    """A store session over the run's training set (open while in the block).
 
     The projection is fitted on the public split (``fit_indices``). In
     self-supervised mode the prompt set is [positive, NDCR, class names...]
@@ -140,44 +201,47 @@ def open_guidance_session(
     """
     import torch
 
-    from diffusion_service import GuidanceModel, open_session
+    from diffusion_service import open_extractor_session
 
     spec = get_spec(cfg.dataset)
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
-    dim = make_model(cfg, spec).embedding_dim
-    model = GuidanceModel.from_pretrained(
-        resolve_guidance_model(cfg.guidance_model), device=cfg.device
-    )
-    names, labels = list(spec.class_names), train.labels
+    names = list(spec.class_names)
     if self_supervised:
         # No labels: every sample gets the same prompt set, [positive, NDCR,
         # every class name], and the projection is fitted under the positive.
         names = [SS_POSITIVE, SS_NDCR, *names]
-        labels = torch.zeros_like(train.labels)
-    return open_session(
-        model,
-        make_recipe(cfg, dim, num_negatives),
-        dataset=f"{cfg.dataset}-train" + ("-ss" if self_supervised else ""),
-        images=train.images,
-        labels=labels,
-        class_names=names,
-        root=store_root(cfg),
-        fit_indices=split.public,
-    )
+    recipe = make_recipe(cfg, make_model(cfg, spec).embedding_dim, num_negatives)
+    with guidance_extractor(cfg, recipe, names) as extractor:
+        train, _ = load_dataset(cfg.dataset, cfg.data_root)
+        labels = torch.zeros_like(train.labels) if self_supervised else train.labels
+        yield open_extractor_session(
+            extractor,
+            dataset=f"{cfg.dataset}-train" + ("-ss" if self_supervised else ""),
+            images=train.images,
+            labels=labels,
+            root=store_root(cfg),
+            fit_indices=split.public,
+        )
 
 
-def prepare_semanticfl(cfg: RunConfig, split: DataSplit) -> dict[str, np.ndarray]:
-    """Text and visual class anchors (C, d) from the public split, float32."""
+def prepare_semanticfl(
+    cfg: RunConfig, split: DataSplit
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Text and visual class anchors (C, d) from the public split, float32.
+
+    Also returns a record: samples used and the model's fingerprint.
+    """
     from diffusion_service import build_anchors
 
-    session = open_guidance_session(
+    with guidance_session(
         cfg, split, num_negatives=None, self_supervised=False
-    )
-    anchors = build_anchors(session, split.public, progress=False)
-    return {
+    ) as session:
+        anchors = build_anchors(session, split.public, progress=False)
+        fingerprint = session.extractor.model.fingerprint
+    arrays = {
         "text": anchors["text"].float().numpy(),
         "visual": anchors["visual"].float().numpy(),
     }
+    return arrays, {"anchors-from": int(len(split.public)), "model": fingerprint}
 
 
 def feddifrc_kinds(cfg: RunConfig) -> tuple[str, ...]:
@@ -203,37 +267,45 @@ def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
     num_negatives = (
         None if cfg.self_supervised or cfg.tdcl_negatives == 0 else cfg.tdcl_negatives
     )
-    session = open_guidance_session(
-        cfg, split, num_negatives=num_negatives, self_supervised=cfg.self_supervised
-    )
     indices = np.unique(np.concatenate(split.clients))
-    stats = extract(session, kinds=kinds, indices=indices, progress=False)
+    with guidance_session(
+        cfg, split, num_negatives=num_negatives, self_supervised=cfg.self_supervised
+    ) as session:
+        stats = extract(session, kinds=kinds, indices=indices, progress=False)
+        fingerprint = session.extractor.model.fingerprint
     computed = {k: v["computed"] for k, v in stats.items()}
-    return str(session.store.path), {"samples": int(len(indices)), "computed": computed}
+    info = {"samples": int(len(indices)), "computed": computed, "model": fingerprint}
+    return str(session.store.path), info
 
 
 def guidance_kwargs(cfg: RunConfig, split: DataSplit) -> tuple[dict[str, Any], dict]:
     """Strategy constructor arguments of a guided method, and a record of the work.
 
-    Returns ``({}, {})`` for the other methods. The record (seconds, store,
-    samples computed) goes to the run folder's ``guidance.json``.
+    Returns ``({}, {})`` for the other methods. The record (where the model
+    ran, its fingerprint, seconds, store, samples computed) goes to the run
+    folder's ``guidance.json``.
     """
     if cfg.method not in ("feddifrc", "semanticfl"):
         return {}, {}
     t0 = time.perf_counter()
-    log(INFO, "Preparing %s guidance with %s ...", cfg.method, cfg.guidance_model)
+    where = guidance_path(cfg)
+    log(INFO, "Preparing %s guidance (%s) ...", cfg.method, where)
     if cfg.method == "semanticfl":
-        kwargs: dict[str, Any] = {"anchors": prepare_semanticfl(cfg, split)}
-        info: dict[str, Any] = {"anchors-from": int(len(split.public))}
+        anchors, info = prepare_semanticfl(cfg, split)
+        kwargs: dict[str, Any] = {"anchors": anchors}
     else:
         path, info = prepare_feddifrc(cfg, split)
         kwargs = {"store_path": path}
         info = {**info, "store": path}
     seconds = time.perf_counter() - t0
     log(INFO, "Guidance ready in %.1f s: %s", seconds, info)
+    # With a service, guidance-model does not apply; "model" (the fingerprint)
+    # says which model ran either way.
+    chosen = {"guidance-model": cfg.guidance_model} if where == "in-process" else {}
     return kwargs, {
         "method": cfg.method,
-        "guidance-model": cfg.guidance_model,
+        "guidance-service": where,
+        **chosen,
         "seconds": seconds,
         **info,
     }

@@ -5,6 +5,13 @@ import pytest
 from common.config import ConfigError, RunConfig
 from server_app.strategies import STRATEGIES, get_strategy_class
 
+# A complete guidance-service setting (TLS + token); cases override one key.
+SERVICE = {
+    "guidance-service": "gpu-host:50051",
+    "guidance-service-ca": "certs/ca.crt",
+    "guidance-service-token-file": "certs/token",
+}
+
 
 def test_pyproject_defaults_are_valid_and_complete(defaults):
     cfg = RunConfig.from_run_config(defaults)
@@ -54,6 +61,49 @@ def test_pyproject_defaults_are_valid_and_complete(defaults):
         ({"tdcl-negatives": 10}, r"tdcl-negatives.*\[0, 9\]"),
         ({"tdcl-negatives": -1}, "tdcl-negatives"),
         ({"self-supervised": 1}, "self-supervised.*true or false"),
+        ({"guidance-service": "gpu-host:50051"}, "guidance-service-token-file"),
+        ({**SERVICE, "guidance-service": "gpu-host"}, "guidance-service.*host:port"),
+        (
+            {**SERVICE, "guidance-service": "gpu-host:0"},
+            r"guidance-service.*1\.\.65535",
+        ),
+        (
+            {**SERVICE, "guidance-service": "https://gpu-host:50051"},
+            "'guidance-service' = 'https://gpu-host:50051': .*expected host:port",
+        ),
+        ({**SERVICE, "guidance-service": "::1:50051"}, r"\[::1\]:50051"),
+        (
+            {**SERVICE, "guidance-service-token-file": " "},
+            "guidance-service-token-file",
+        ),
+        (
+            {**SERVICE, "guidance-service-ca": ""},
+            "guidance-service-ca.*TLS is not optional",
+        ),
+        (
+            {**SERVICE, "guidance-service-insecure": True},
+            "guidance-service-insecure.*loopback",
+        ),
+        (
+            {
+                **SERVICE,
+                "guidance-service": "127.0.0.1:50051",
+                "guidance-service-insecure": True,
+            },
+            "guidance-service-ca.*TLS is off",
+        ),
+        (
+            {"guidance-service-token-file": "token"},
+            "'guidance-service-token-file' set but 'guidance-service' is ''",
+        ),
+        (
+            {"guidance-service-ca": "ca.crt", "guidance-service-insecure": True},
+            "'guidance-service-ca', 'guidance-service-insecure' set but",
+        ),
+        (
+            {"guidance-service-insecure": "yes"},
+            "guidance-service-insecure.*true or false",
+        ),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_key(defaults, override, message):
@@ -101,3 +151,22 @@ def test_self_supervised_is_feddifrc_only_and_needs_a_term(defaults):
 def test_guidance_layers_parse(defaults):
     cfg = RunConfig.from_run_config({**defaults, "guidance-layers": " 3, 0 "})
     assert cfg.guidance_up_blocks == (3, 0)
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        SERVICE,
+        {**SERVICE, "guidance-service": "10.0.0.5:443"},
+        {**SERVICE, "guidance-service": "[2001:db8::1]:50051"},
+        {  # plain text, loopback only: tests
+            "guidance-service": "localhost:50051",
+            "guidance-service-token-file": "token",
+            "guidance-service-insecure": True,
+        },
+    ],
+)
+def test_guidance_service_settings_that_are_valid(defaults, service):
+    cfg = RunConfig.from_run_config({**defaults, **service})
+    assert cfg.guidance_service == service["guidance-service"]
+    assert RunConfig.from_run_config(defaults).guidance_service == ""  # in-process

@@ -83,7 +83,8 @@ def test_store_root_defaults_under_the_output_dir(defaults, tmp_path):
 def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tmp_path):
     cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="semanticfl")
     split = data_split(cfg)
-    anchors = server_guidance.prepare_semanticfl(cfg, split)
+    anchors, info = server_guidance.prepare_semanticfl(cfg, split)
+    assert info["anchors-from"] == 30
     for name in ("text", "visual"):
         a = anchors[name]
         assert a.shape == (10, D) and a.dtype == np.float32
@@ -95,7 +96,7 @@ def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tm
 
     stored = FeatureStore(store.parent).stored_indices("noise")
     np.testing.assert_array_equal(stored, np.sort(split.public))
-    again = server_guidance.prepare_semanticfl(cfg, split)  # cached, deterministic
+    again, _ = server_guidance.prepare_semanticfl(cfg, split)  # cached, deterministic
     np.testing.assert_array_equal(again["visual"], anchors["visual"])
 
 
@@ -110,7 +111,11 @@ def test_feddifrc_store_holds_every_client_sample_and_clients_read_their_own(
     store = FeatureStore(server_guidance.Path(path))
     everyone = np.unique(np.concatenate(split.clients))
     np.testing.assert_array_equal(store.stored_indices("cond"), everyone)
-    assert info == {"samples": 36, "computed": {"cond": 36}}
+    assert info == {
+        "samples": 36,
+        "computed": {"cond": 36},
+        "model": store.key["model"],
+    }
 
     from common.datasets import load_dataset
 
@@ -120,11 +125,11 @@ def test_feddifrc_store_holds_every_client_sample_and_clients_read_their_own(
     assert g.f_pos.shape == (len(own), D) and g.f_neg.shape == (len(own), 9, D)
     assert g.f_noise is g.f_pos
     # the positive is the true-class row, i.e. exactly the "noise" feature
-    session = server_guidance.open_guidance_session(
+    with server_guidance.guidance_session(
         cfg, split, num_negatives=None, self_supervised=False
-    )
-    extract(session, kinds=("noise",), indices=own, progress=False)
-    noise, _ = session.store.read("noise", own)
+    ) as session:
+        extract(session, kinds=("noise",), indices=own, progress=False)
+        noise, _ = session.store.read("noise", own)
     assert torch.equal(noise.float(), g.f_pos)
     # negatives are the other class rows, not the positive
     cos = torch.einsum("nd,nkd->nk", g.f_pos, g.f_neg)

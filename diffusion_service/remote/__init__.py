@@ -57,6 +57,12 @@ naming what was wrong and what is valid, and the service keeps serving.
 Latents are invertible (the VAE decoder rebuilds the image): TLS is not
 optional for them.
 
+**The store driver on the service** (:mod:`.session`): :func:`connect` checks
+Health first; :func:`open_remote_session` binds a
+:class:`RemoteFeatureExtractor` to a feature store keyed by the service's model
+fingerprint, device and dtype, and ``extract`` / ``build_anchors`` then run
+unchanged, with the same bits as in process.
+
 Start it with ``python -m diffusion_service.remote serve --help``; certificates
 and the token come from ``deploy/make_certs.sh``.
 """
@@ -64,13 +70,25 @@ and the token come from ``deploy/make_certs.sh``.
 from .client import GuidanceServiceError, RemoteFeatures, RemoteGuidance
 from .latents import LatentFeatureExtractor, encode_latents
 from .protocol import SERVICE, projection_id
+from .session import (
+    GuidanceServiceUnavailableError,
+    RemoteFeatureExtractor,
+    ServiceModel,
+    connect,
+    open_remote_session,
+)
 
 __all__ = [
     "SERVICE",
     "GuidanceServiceError",
+    "GuidanceServiceUnavailableError",
     "LatentFeatureExtractor",
+    "RemoteFeatureExtractor",
     "RemoteFeatures",
     "RemoteGuidance",
+    "ServiceModel",
+    "connect",
     "encode_latents",
+    "open_remote_session",
     "projection_id",
 ]
