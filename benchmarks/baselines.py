@@ -14,43 +14,29 @@ FedAvg at Dirichlet 0.5 above 85% after 20 rounds of 1 local epoch.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.matrix import APP_DIR, fmt_time, run_matrix, write_csv
+from benchmarks.matrix import (
+    base_config,
+    fmt_time,
+    matrix_parser,
+    run_matrix,
+    write_csv,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.baselines",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--methods", nargs="+", default=["fedavg", "fedprox", "moon"])
-    parser.add_argument("--scenarios", nargs="+", default=["dir0.1", "dir0.5"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument(
-        "--max-samples-per-client",
-        type=int,
-        default=3000,
-        help="cpu-profile cap per client (0 = all of its partition)",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=APP_DIR / "benchmarks" / "results" / "baselines"
+    parser = matrix_parser(
+        "python -m benchmarks.baselines",
+        __doc__,
+        methods=["fedavg", "fedprox", "moon"],
+        scenarios=["dir0.1", "dir0.5"],
+        out="baselines",
     )
     args = parser.parse_args(argv)
-
-    base = {
-        "num-clients": args.clients,
-        "local-epochs": args.local_epochs,
-        "max-samples-per-client": args.max_samples_per_client,
-    }
+    base = base_config(args)
     t_all = time.perf_counter()
     rows = run_matrix(
         args.methods, args.scenarios, args.seeds, base, args.rounds, args.out / "runs"

@@ -16,16 +16,22 @@ before round 1 and is reported on its own), and that one-off time.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from flwr.common.config import parse_config_args
 
-from benchmarks.matrix import APP_DIR, LAST_K, fmt_time, run_matrix, write_csv
+from benchmarks.matrix import (
+    APP_DIR,
+    LAST_K,
+    base_config,
+    fmt_time,
+    matrix_parser,
+    run_matrix,
+    write_csv,
+)
 
 BASELINES = ("fedavg", "fedprox", "moon")
 GUIDED = ("feddifrc", "semanticfl", "feddifrc-mlp", "semanticfl-mlp")
@@ -76,24 +82,13 @@ def report(rows: list[dict[str, Any]], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.guided",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = matrix_parser(
+        "python -m benchmarks.guided",
+        __doc__,
+        methods=[*BASELINES, *GUIDED[:2]],
+        scenarios=["dir0.1", "extreme"],
+        out="guided",
     )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=[*BASELINES, *GUIDED[:2]],
-        help="method names or variants (benchmarks.matrix.VARIANTS), e.g. "
-        "semanticfl-mlp = SemanticFL with a learnable guidance head",
-    )
-    parser.add_argument("--scenarios", nargs="+", default=["dir0.1", "extreme"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--max-samples-per-client", type=int, default=3000)
     parser.add_argument("--public-split-size", type=int, default=10_000)
     parser.add_argument(
         "--set",
@@ -102,15 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra run-config overrides applied to every cell (TOML values)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=APP_DIR / "benchmarks" / "results" / "guided"
-    )
     args = parser.parse_args(argv)
 
     base = {
-        "num-clients": args.clients,
-        "local-epochs": args.local_epochs,
-        "max-samples-per-client": args.max_samples_per_client,
+        **base_config(args),
         "public-split-size": args.public_split_size,
         "guidance-model": "embedded",
         # One store for every cell: the extreme split reuses the features of

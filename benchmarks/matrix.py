@@ -13,6 +13,7 @@ stopped. A crashed or stale cell's folder is kept under another name.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -206,6 +207,48 @@ def run_matrix(
             return None
         rows.append(row)
     return rows
+
+
+def matrix_parser(
+    prog: str, doc: str | None, *, methods: list[str], scenarios: list[str], out: str
+) -> argparse.ArgumentParser:
+    """The options every matrix benchmark shares (cells, protocol, output)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=methods,
+        help="method names or variants (VARIANTS in benchmarks/matrix.py), e.g. "
+        "semanticfl-mlp = SemanticFL with a learnable guidance head",
+    )
+    parser.add_argument(
+        "--scenarios", nargs="+", default=scenarios, help=f"of: {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument(
+        "--max-samples-per-client",
+        type=int,
+        default=3000,
+        help="cpu-profile cap per client (0 = all of its partition)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=APP_DIR / "benchmarks" / "results" / out
+    )
+    return parser
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config keys set from :func:`matrix_parser`'s protocol options."""
+    return {
+        "num-clients": args.clients,
+        "local-epochs": args.local_epochs,
+        "max-samples-per-client": args.max_samples_per_client,
+    }
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
