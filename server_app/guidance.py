@@ -24,11 +24,9 @@ device and dtype). Only the ServerApp talks to the service; clients never do.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from logging import INFO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,13 +38,16 @@ from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import make_model
 from common.partition import DataSplit
+from diffusion_service.embedded_model import (  # noqa: F401 (re-exported)
+    PRETRAIN_COMMAND,
+    GuidanceModelMissingError,
+    embedded_candidates,
+    resolve_guidance_model,
+)
 
 if TYPE_CHECKING:
     from diffusion_service import Extractor, FeatureRecipe, Session
 
-PRETRAIN_COMMAND = (
-    "python -m diffusion_service.pretrain --out diffusion_service/embedded"
-)
 # Self-supervised FedDifRC's prompts (FedDifRC paper notes, papers.md 2.2),
 # filled into the prompt template: "a photo of a similar object" is the TDCL
 # positive, "a photo of a visual object" the NDCR target.
@@ -55,66 +56,6 @@ SS_NDCR = "visual object"
 # Deadline of each call to the guidance service: one Features call of a few
 # hundred samples under every class prompt can take minutes on a CPU host.
 SERVICE_CALL_TIMEOUT = 900.0
-
-
-class GuidanceModelMissingError(FileNotFoundError):
-    """``guidance-model = "embedded"`` but its weights are not trained yet."""
-
-
-def _has_weights(folder: Path) -> bool:
-    """Configs *and* weight files of the VAE and U-Net.
-
-    A FAB install copies the JSON configs but no weights, so a config alone
-    does not mean the model is there.
-    """
-    patterns = ("*.safetensors", "*.bin")
-    return all(
-        (folder / part / "config.json").is_file()
-        and any(next((folder / part).glob(p), None) for p in patterns)
-        for part in ("vae", "unet")
-    )
-
-
-def _editable_source() -> Path | None:
-    """The source checkout of an editable ``pip install -e .`` (None otherwise).
-
-    ``flwr run`` imports the app from its FAB install folder, and a FAB carries
-    no weight files; the checkout is where the pretraining command wrote them.
-    """
-    try:
-        text = metadata.distribution("semanticfl").read_text("direct_url.json")
-        url = json.loads(text or "{}").get("url", "")
-    except (metadata.PackageNotFoundError, json.JSONDecodeError):
-        return None
-    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
-
-
-def embedded_candidates() -> list[Path]:
-    """Folders searched, in order, for the embedded model's weights."""
-    import diffusion_service
-
-    found = [Path(diffusion_service.__file__).resolve().parent / "embedded"]
-    src = _editable_source()
-    if src is not None:
-        found.append(src / "diffusion_service" / "embedded")
-    found.append(Path.cwd() / "diffusion_service" / "embedded")
-    return list(dict.fromkeys(found))
-
-
-def resolve_guidance_model(name: str) -> str:
-    """``"embedded"`` -> the folder holding its weights; anything else unchanged."""
-    if name != "embedded":
-        return name
-    candidates = embedded_candidates()
-    for folder in candidates:
-        if _has_weights(folder):
-            return str(folder)
-    raise GuidanceModelMissingError(
-        "guidance-model = 'embedded' but the embedded guidance model has no weights "
-        f"yet (looked in: {', '.join(map(str, candidates))}). Train it once from "
-        f"the repository root with `{PRETRAIN_COMMAND}`, or set guidance-model to "
-        "a diffusers-layout folder or a Stable Diffusion hub id."
-    )
 
 
 def store_root(cfg: RunConfig) -> Path:

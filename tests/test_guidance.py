@@ -7,6 +7,7 @@ import torch
 from client_app.guidance import instance_features
 from common.config import RunConfig
 from common.federation import data_split
+from diffusion_service import embedded_model
 from server_app import guidance as server_guidance
 
 pytest_plugins = ("diffusion_conftest",)
@@ -36,7 +37,7 @@ def _cfg(defaults, tiny_sd_dir, tmp_path, **overrides):
 def test_embedded_without_weights_names_the_pretraining_command(tmp_path, monkeypatch):
     empty = tmp_path / "embedded"
     empty.mkdir()
-    monkeypatch.setattr(server_guidance, "embedded_candidates", lambda: [empty])
+    monkeypatch.setattr(embedded_model, "embedded_candidates", lambda: [empty])
     with pytest.raises(server_guidance.GuidanceModelMissingError) as err:
         server_guidance.resolve_guidance_model("embedded")
     assert server_guidance.PRETRAIN_COMMAND in str(err.value)

@@ -19,11 +19,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..embedded_model import GuidanceModelMissingError, resolve_guidance_model
 from .auth import TokenFileError, load_token
 from .config import ServerConfigError, split_address
 from .validation import Limits, MiB
-
-EMBEDDED = "embedded"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -31,17 +30,11 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve_model(name: str) -> str:
-    """``embedded`` -> the package's own embedded model folder; else unchanged."""
-    if name != EMBEDDED:
-        return name
-    folder = Path(__file__).resolve().parents[1] / EMBEDDED
-    if not any((folder / "unet").glob("*.safetensors")):
-        raise ModelNotFoundError(
-            f"the embedded model has no weights in {folder}: train it with "
-            "`python -m diffusion_service.pretrain --out diffusion_service/embedded` "
-            "or give --model a diffusers-layout folder"
-        )
-    return str(folder)
+    """``embedded`` -> the folder holding its weights (the ServerApp's lookup)."""
+    try:
+        return resolve_guidance_model(name)
+    except GuidanceModelMissingError as exc:
+        raise ModelNotFoundError(str(exc)) from None
 
 
 def _positive(text: str) -> int:
