@@ -91,4 +91,4 @@ def main(grid: Grid, context: Context) -> None:
         train_config=train_config,
         evaluate_fn=central_evaluate,
     )
-    recorder.finish(result.arrays, model)
+    recorder.finish(result.arrays, model, strategy.rejected)

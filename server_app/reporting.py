@@ -201,8 +201,17 @@ class RunRecorder:
             "test-accuracy-at-best-validation-round": self.accuracy[i],
         }
 
-    def finish(self, arrays: ArrayRecord, model: nn.Module) -> dict[str, Any]:
-        """Save the final global model and ``summary.json``; return the summary."""
+    def finish(
+        self,
+        arrays: ArrayRecord,
+        model: nn.Module,
+        rejected: list[tuple[int, int, str]] = (),
+    ) -> dict[str, Any]:
+        """Save the final global model and ``summary.json``; return the summary.
+
+        ``rejected`` lists the client updates left out of aggregation
+        (``server_app.strategies.update_guard``): round, node id, reason.
+        """
         model.load_state_dict(arrays.to_torch_state_dict())
         # Aggregation turns BatchNorm's integer counters into floats; saving the
         # model's own state_dict restores the original dtypes.
@@ -224,6 +233,9 @@ class RunRecorder:
             "best-round-note": "best over evaluated rounds (the papers report this); "
             "final-round-accuracy is the primary result",
             **self._validation_summary(),
+            "rejected-updates": [
+                {"round": r, "node": n, "reason": why} for r, n, why in rejected
+            ],
             "wall-seconds": time.perf_counter() - self._t_start,
             "run-dir": str(self.dir),
         }

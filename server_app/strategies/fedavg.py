@@ -7,13 +7,15 @@ from typing import Any
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from common.config import RunConfig
+from server_app.strategies.update_guard import UpdateGuard
 
 
-class FedAvg(FlowerFedAvg):
+class FedAvg(UpdateGuard, FlowerFedAvg):
     """Federated averaging (McMahan et al. 2017, https://arxiv.org/abs/1602.05629).
 
-    Flower's FedAvg unchanged; it adds only a constructor from the run config so
-    the registry can build every method the same way. The client trains with
+    Flower's FedAvg behind :class:`UpdateGuard` (malformed updates are left out),
+    with a constructor from the run config so the registry can build every
+    method the same way. The client trains with
     cross-entropy alone because the train config carries no method key.
     """
 

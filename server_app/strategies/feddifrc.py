@@ -13,9 +13,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from common import keys
 from common.config import RunConfig
+from server_app.strategies.update_guard import UpdateGuard
 
 
-class FedDifRC(FedAvg):
+class FedDifRC(UpdateGuard, FedAvg):
     """FedDifRC (Wang et al., ICCV 2025, https://arxiv.org/abs/2507.06482).
 
     Aggregation is FedAvg's (the paper's base). The strategy injects the client

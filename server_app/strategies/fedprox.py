@@ -7,9 +7,10 @@ from typing import Any
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
 from common.config import RunConfig
+from server_app.strategies.update_guard import UpdateGuard
 
 
-class FedProx(FlowerFedProx):
+class FedProx(UpdateGuard, FlowerFedProx):
     """FedProx (Li et al. 2020, https://arxiv.org/abs/1812.06127).
 
     Flower's FedProx injects ``proximal-mu`` into every train config; the client

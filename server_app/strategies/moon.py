@@ -13,9 +13,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from common import keys
 from common.config import RunConfig
+from server_app.strategies.update_guard import UpdateGuard
 
 
-class Moon(FedAvg):
+class Moon(UpdateGuard, FedAvg):
     """MOON (Li, He, Song, CVPR 2021, https://arxiv.org/abs/2103.16257).
 
     Aggregation is FedAvg's. Like Flower's FedProx, the strategy only injects

@@ -14,9 +14,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from common import keys
 from common.config import RunConfig
+from server_app.strategies.update_guard import UpdateGuard
 
 
-class SemanticFL(FedAvg):
+class SemanticFL(UpdateGuard, FedAvg):
     """SemanticFL (Liu et al., ICME 2026, https://arxiv.org/abs/2603.19337).
 
     The server computes the class anchors once with the diffusion model (text
