@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.guidance import guidance_for
+from client_app.latents import answer_query, opted_in, with_uploaded_features
 from client_app.training import LocalSettings
 from client_app.training import train as train_fn
 from common import keys
@@ -18,6 +19,7 @@ from common.datasets import get_spec
 from common.evaluation import evaluate as evaluate_fn
 from common.federation import (
     client_indices,
+    client_raw_images,
     client_tensors,
     make_model,
     resolve_device,
@@ -66,8 +68,10 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)
     settings = LocalSettings.from_config(msg.content[keys.CONFIG])
-    # FedDifRC: this node's rows of the feature store; SemanticFL: the anchors.
-    guidance = guidance_for(msg, settings, indices, labels)
+    # FedDifRC: this node's rows of the feature store, or (latent upload) its
+    # features from the server; SemanticFL: the anchors.
+    settings, uploaded = with_uploaded_features(msg, context.state, settings)
+    guidance = guidance_for(msg, settings, indices, labels, uploaded)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
 
     # MOON: z_prev comes from this node's model of its previous round, kept in
@@ -100,8 +104,27 @@ def train(msg: Message, context: Context) -> Message:
         context.state[keys.PREV_LOCAL_MODEL] = ArrayRecord(state)
 
     metrics[keys.NUM_EXAMPLES] = len(labels)
+    metrics[keys.INSTANCE_GUIDED] = int(settings.needs_instance_features)
     content = RecordDict(
         {keys.ARRAYS: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """FedDifRC's latent-upload query: this node's VAE latents, if it opted in."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    partition_id = int(context.node_config[keys.PARTITION_ID])
+    indices = client_indices(cfg, partition_id)
+    _, labels = client_tensors(cfg, partition_id)
+    content = answer_query(
+        msg.content[keys.CONFIG],
+        cfg,
+        share=opted_in(context.node_config, cfg),
+        ids=indices,
+        images=client_raw_images(cfg, partition_id),
+        labels=labels,
     )
     return Message(content=content, reply_to=msg)
 

@@ -2,6 +2,8 @@
 
 FedDifRC: the server filled the feature store once before round 1; a client
 reads only the shards holding its own sample indices (``FeatureStore.read``).
+With latent upload (deployment), the node's own rows arrive in a train
+Message instead (``client_app/latents.py``); both give the same layout.
 SemanticFL: the class anchors arrive in the train Message (``guidance`` record).
 """
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 from torch import Tensor
 
 from client_app.training import Guidance, LocalSettings
@@ -47,24 +49,51 @@ def instance_features(
 
     idx = np.asarray(indices, dtype=np.int64)
     store = FeatureStore(Path(store_path))
+    kind = "cond" if (self_supervised or tdcl) else "noise"
+    feats, classes = store.read(kind, idx)
+    return guidance_from_rows(
+        feats,
+        classes,
+        labels,
+        tdcl=tdcl,
+        ndcr=ndcr,
+        self_supervised=self_supervised,
+        origin=f"the feature store {store_path}",
+    )
+
+
+def guidance_from_rows(
+    feats: Tensor,
+    classes: Tensor | None,
+    labels: Tensor,
+    *,
+    tdcl: bool,
+    ndcr: bool,
+    self_supervised: bool,
+    origin: str,
+) -> Guidance:
+    """FedDifRC targets from a node's feature rows (store layout, see above).
+
+    ``feats`` is (N, S, d) ``cond`` rows with ``classes`` (N, S), or (N, d)
+    ``noise`` rows with ``classes`` None; ``origin`` names where they came
+    from in errors.
+    """
+    feats = torch.as_tensor(feats).float()
     if self_supervised:
-        feats, _ = store.read("cond", idx)
-        feats = feats.float()
         return Guidance(
             f_pos=feats[:, 0] if tdcl else None,
             f_neg=feats[:, 2:] if tdcl else None,
             f_noise=feats[:, 1] if ndcr else None,
         )
     if not tdcl:
-        feats, _ = store.read("noise", idx)
-        return Guidance(f_noise=feats.float() if ndcr else None)
-    feats, classes = store.read("cond", idx)
-    feats, y = feats.float(), torch.as_tensor(labels, dtype=torch.long).view(-1, 1)
+        return Guidance(f_noise=feats if ndcr else None)
+    classes = torch.as_tensor(classes)
+    y = torch.as_tensor(labels, dtype=torch.long).view(-1, 1)
     is_pos = classes == y
     if not bool((is_pos.sum(1) == 1).all()):
         raise ValueError(
-            f"the feature store {store_path} does not hold exactly one true-class "
-            "row per sample: it was made for other labels or another dataset"
+            f"{origin} does not hold exactly one true-class row per sample: it was "
+            "made for other labels or another dataset"
         )
     n, s, d = feats.shape
     f_pos = feats[is_pos]
@@ -115,19 +144,60 @@ def anchors_from_message(msg: Message) -> tuple[Tensor, Tensor]:
     )
 
 
+def uploaded_features(
+    record: ArrayRecord, indices: np.ndarray, labels: Tensor, settings: LocalSettings
+) -> Guidance:
+    """FedDifRC targets from the features the server computed from this node's
+    latents (``server_app/latent_query.py``), in the order of ``indices``."""
+    ids = record[keys.SAMPLE_IDS].numpy().astype(np.int64)
+    where = {int(i): row for row, i in enumerate(ids)}
+    missing = [int(i) for i in indices if int(i) not in where]
+    if missing:
+        raise ValueError(
+            f"the server's features lack {len(missing)} of this node's samples "
+            f"(e.g. {missing[:3]}): its data changed since the latent-upload query"
+        )
+    rows = torch.as_tensor([where[int(i)] for i in indices], dtype=torch.long)
+    if keys.COND in record:
+        feats = torch.from_numpy(record[keys.COND].numpy())[rows]
+        classes = torch.from_numpy(record[keys.COND_CLASSES].numpy())[rows]
+    else:
+        feats, classes = torch.from_numpy(record[keys.NOISE].numpy())[rows], None
+    return guidance_from_rows(
+        feats,
+        classes,
+        labels,
+        tdcl=settings.tdcl_weight is not None,
+        ndcr=settings.ndcr_weight is not None,
+        self_supervised=settings.self_supervised,
+        origin="the uploaded-latent features",
+    )
+
+
 def guidance_for(
-    msg: Message, settings: LocalSettings, indices: np.ndarray, labels: Tensor
+    msg: Message,
+    settings: LocalSettings,
+    indices: np.ndarray,
+    labels: Tensor,
+    uploaded: ArrayRecord | None = None,
 ) -> Guidance | None:
-    """Everything the switched-on guided terms need (None for other methods)."""
+    """Everything the switched-on guided terms need (None for other methods).
+
+    ``uploaded``: this node's features from the latent-upload query round
+    (``client_app.latents.held_features``), when the run uses it.
+    """
     if not (settings.needs_instance_features or settings.needs_anchors):
         return None
     parts: dict[str, Tensor | None] = {}
     if settings.needs_instance_features:
-        if not settings.feature_store:
+        if uploaded is not None:
+            inst = uploaded_features(uploaded, indices, labels, settings)
+        elif not settings.feature_store:
             raise KeyError("a FedDifRC term is on but the train config has no store")
-        inst = cached_instance_features(
-            settings.feature_store, indices, labels, settings
-        )
+        else:
+            inst = cached_instance_features(
+                settings.feature_store, indices, labels, settings
+            )
         parts.update(f_pos=inst.f_pos, f_neg=inst.f_neg, f_noise=inst.f_noise)
     if settings.needs_anchors:
         text, visual = anchors_from_message(msg)

@@ -56,6 +56,7 @@ class LocalSettings:
     ndcr_tau: float = 0.1
     self_supervised: bool = False
     feature_store: str | None = None
+    feature_source: str | None = None  # "latent-upload": features come in Messages
     # SemanticFL (None = term off)
     kd_weight: float | None = None
     kd_temperature: float = 0.1
@@ -107,6 +108,7 @@ class LocalSettings:
             ndcr_tau=float(config.get(keys.NDCR_TAU, 0.1)),
             self_supervised=bool(config.get(keys.SELF_SUPERVISED, False)),
             feature_store=_opt(config, keys.FEATURE_STORE, str),
+            feature_source=_opt(config, keys.FEATURE_SOURCE, str),
             kd_weight=_opt(config, keys.KD_WEIGHT),
             kd_temperature=float(config.get(keys.KD_TEMPERATURE, 0.1)),
             con_weight=_opt(config, keys.CON_WEIGHT),

@@ -30,6 +30,13 @@ GUIDED_METHODS = ("feddifrc", "semanticfl")
 
 NDCR_MODES = ("cosine", "kl")
 
+FEDDIFRC_FEATURES = {
+    "server-store": "the server holds the training set and fills the feature "
+    "store once (simulation)",
+    "latent-upload": "a query round: clients that opted in (share-latents) send "
+    "VAE latents and get their features back (deployment)",
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -73,6 +80,9 @@ class RunConfig:
     ndcr_mode: str = "cosine"
     ndcr_tau: float = 0.1
     self_supervised: bool = False
+    # where FedDifRC's instance features come from (docs/guided-methods.md)
+    feddifrc_features: str = "server-store"
+    share_latents: bool = False
     # SemanticFL terms (papers' values, unverified: notes/papers.md section 1)
     kd_weight: float = 1.0
     kd_temperature: float = 0.1
@@ -277,6 +287,12 @@ class RunConfig:
             raise ConfigError(
                 f"run-config 'self-supervised' = true needs method 'feddifrc' (got "
                 f"'{self.method}'): only FedDifRC has a self-supervised variant"
+            )
+        _one_of("feddifrc-features", self.feddifrc_features, FEDDIFRC_FEATURES)
+        if self.feddifrc_features == "latent-upload" and self.method != "feddifrc":
+            raise ConfigError(
+                "run-config 'feddifrc-features' = 'latent-upload' needs method "
+                f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
         if self.self_supervised and self.tdcl_weight == 0 and self.ndcr_weight == 0:
             raise ConfigError(

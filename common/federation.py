@@ -86,6 +86,16 @@ def client_tensors(
     return to_float(train.images[idx], get_spec(cfg.dataset)), train.labels[idx]
 
 
+def client_raw_images(cfg: RunConfig, partition_id: int, part: str = "train") -> Tensor:
+    """The uint8 images (N, C, H, W) of one client's part, as stored (no transform).
+
+    What the guidance model's VAE takes (latent upload, ``client_app/latents.py``).
+    """
+    idx = torch.from_numpy(client_indices(cfg, partition_id, part))
+    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    return train.images[idx]
+
+
 @functools.lru_cache(maxsize=2)
 def _test_tensors(dataset: str, data_root: str) -> tuple[Tensor, Tensor]:
     _, test = load_dataset(dataset, data_root)

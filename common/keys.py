@@ -32,6 +32,8 @@ NDCR_MODE = "ndcr-mode"
 NDCR_TAU = "ndcr-tau"
 SELF_SUPERVISED = "self-supervised"
 FEATURE_STORE = "feature-store"  # absolute path of the instance-feature store
+FEATURE_SOURCE = "feature-source"  # "latent-upload": features ride in train Messages
+INSTANCE_FEATURES = "instance-features"  # ArrayRecord: a node's own feature rows
 # SemanticFL
 KD_WEIGHT = "kd-weight"
 KD_TEMPERATURE = "kd-temperature"
@@ -42,6 +44,21 @@ CON_TAU = "con-tau"
 GUIDANCE = "guidance"
 TEXT_ANCHORS = "text-anchors"  # (C, d)
 VISUAL_ANCHORS = "visual-anchors"  # (C, d)
+
+# Latent-upload query round (server_app/latent_query.py, client_app/latents.py)
+QUERY = "query"  # what a query Message asks for
+QUERY_VAE_LATENTS = "vae-latents"
+RESOLUTION = "resolution"
+MICRO_BATCH = "micro-batch"
+NEEDS_LABELS = "needs-labels"
+VAE_FINGERPRINT = "vae-fingerprint"
+SHARED = "shared"  # reply: whether the node opted in
+LATENTS = "latents"  # (N, c, h, w) VAE posterior means
+SAMPLE_IDS = "sample-ids"  # (N,) the node's sample ids (seed each sample's noise)
+SAMPLE_LABELS = "sample-labels"  # (N,) sent only when the recipe needs them
+COND = "cond"  # (N, S, d) features under S prompts; COND_CLASSES (N, S) their classes
+COND_CLASSES = "cond-classes"
+NOISE = "noise"  # (N, d) features under the true-class prompt
 
 # Client reply metrics
 TRAIN_LOSS = "train-loss"
@@ -55,6 +72,7 @@ TRAIN_CON = "train-con"
 TRAIN_ACCURACY = "train-accuracy"
 TRAIN_SECONDS = "train-seconds"
 TRAIN_STEPS = "train-steps"
+INSTANCE_GUIDED = "instance-guided"  # 1 if FedDifRC's instance terms ran
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 
@@ -68,3 +86,4 @@ PREV_LOCAL_MODEL = "prev-local-model"  # MOON's z_prev comes from this model
 # Node config (simulation injects both; deployment passes --node-config)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+SHARE_LATENTS = "share-latents"  # this node opts in to latent upload

@@ -15,6 +15,7 @@ Knows nothing of Flower (DESIGN.md sections 2 and 3). Entry points:
 from .extract import (
     Session,
     build_anchors,
+    ensure_projection,
     extract,
     open_extractor_session,
     open_session,
@@ -48,6 +49,7 @@ __all__ = [
     "StoreMismatchError",
     "TextWidthError",
     "build_anchors",
+    "ensure_projection",
     "extract",
     "open_extractor_session",
     "open_session",

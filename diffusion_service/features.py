@@ -68,6 +68,8 @@ class Extractor(Protocol):
 
     def text_anchors(self, dim: int, seed: int) -> Tensor: ...
 
+    def for_latents(self) -> Extractor: ...
+
 
 def feature_resolution(
     recipe: FeatureRecipe,
@@ -116,6 +118,33 @@ def check_images(images: Tensor, channels: int) -> Tensor:
             )
         images = images.expand(-1, channels, -1, -1)
     return images
+
+
+def vae_input(
+    images: Tensor,
+    *,
+    channels: int,
+    resolution: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """uint8 (B, C, H, W) -> float (B, channels, R, R) in [-1, 1]: the VAE's input.
+
+    One function for the extractor and for a client that runs only the VAE
+    (:mod:`.vae_encoder`), so both give the VAE the same bits.
+    """
+    images = check_images(images, channels)
+    # Scale from uint8 once: [0, 255] -> [0, 1] -> [-1, 1] (not ToTensor + /255).
+    x = images.to(device, torch.float32) / 255.0
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(
+            x,
+            size=(resolution, resolution),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        ).clamp_(0.0, 1.0)
+    return (x * 2.0 - 1.0).to(dtype)
 
 
 def make_prompt_ids(
@@ -187,18 +216,14 @@ class FeatureExtractor:
         Grayscale is repeated to the VAE's channels; any other channel mismatch
         is an :class:`ImageInputError`.
         """
-        images = check_images(images, self.model.image_channels)
-        # Scale from uint8 once: [0, 255] -> [0, 1] -> [-1, 1] (not ToTensor + /255).
-        x = images.to(self.model.device, torch.float32) / 255.0
-        if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.interpolate(
-                x,
-                size=(self.resolution, self.resolution),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            ).clamp_(0.0, 1.0)
-        return (x * 2.0 - 1.0).to(self.model.vae.dtype)
+        m = self.model
+        return vae_input(
+            images,
+            channels=m.image_channels,
+            resolution=self.resolution,
+            device=m.device,
+            dtype=m.vae.dtype,
+        )
 
     def noise(self, indices) -> Tensor:
         """Per-sample Gaussian noise (B, *latent_shape), float32 on the CPU.
@@ -289,6 +314,16 @@ class FeatureExtractor:
                     per_prompt.append(raw if projection is None else projection(raw))
                 outs.append(torch.stack(per_prompt, 1)[:n])
         return torch.cat(outs)
+
+    def for_latents(self) -> FeatureExtractor:
+        """This extractor taking VAE posterior means instead of images.
+
+        For latents uploaded by clients (``remote.latents``); same recipe,
+        prompts, noise and projection.
+        """
+        from .remote.latents import LatentFeatureExtractor
+
+        return LatentFeatureExtractor(self)
 
     # --------------------------------------------------------------- prompts
     def prompt_ids(self, kind: str, indices, labels: Tensor) -> Tensor:

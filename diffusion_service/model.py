@@ -299,6 +299,16 @@ class GuidanceModel:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    @property
+    def vae_fingerprint(self) -> str:
+        """SHA-256 of the VAE alone: what a latent-sharing client can check.
+
+        See :func:`~diffusion_service.vae_encoder.vae_fingerprint`.
+        """
+        from .vae_encoder import vae_fingerprint
+
+        return vae_fingerprint(self.vae)
+
 
 def _config_bytes(config) -> bytes:
     """A config as canonical JSON, without fields that do not change outputs."""

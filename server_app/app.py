@@ -47,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
     model = make_model(cfg, spec)
 
     # Guided methods: anchors or instance features, computed once, before round 1.
-    guidance, guidance_record = guidance_kwargs(cfg, split)
+    guidance, guidance_record = guidance_kwargs(cfg, split, grid)
     if guidance_record:
         atomic_write_json(recorder.dir / "guidance.json", guidance_record)
     # Self-supervised runs train no classifier: a linear probe fitted on the

@@ -8,9 +8,10 @@ only decides what to compute from the run config:
   They ride in every train Message (a few KB); clients send back only weights.
 - **FedDifRC**: instance features of every client sample, written once into the
   feature store (in simulation the server holds the training set); each client
-  then reads only its own samples (``client_app/guidance.py``). The deployment
-  path (client-side extraction, or opt-in latent upload) is designed in
-  ``docs/guided-methods.md``.
+  then reads only its own samples (``client_app/guidance.py``). In deployment
+  (``feddifrc-features = "latent-upload"``) a query round collects the VAE
+  latents of the nodes that opted in instead, and each node's features ride
+  in its train Messages (``server_app/latent_query.py``).
 
 The projection to d (the client model's embedding width) is fitted on the
 public split for both methods, so it never depends on a client's data.
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from flwr.app import ArrayRecord
 from flwr.common import log
+from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
@@ -219,12 +222,65 @@ def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
     return str(session.store.path), info
 
 
-def guidance_kwargs(cfg: RunConfig, split: DataSplit) -> tuple[dict[str, Any], dict]:
+def prepare_feddifrc_latents(
+    cfg: RunConfig, split: DataSplit, grid: Grid
+) -> tuple[dict[int, ArrayRecord], dict]:
+    """The latent-upload query round, then each sharing node's features.
+
+    The projection is fitted on the public split, as on the store path; the
+    nodes' features are computed from their latents and kept in memory for
+    the strategy (``server_app/latent_query.py``).
+    """
+    from diffusion_service import ensure_projection
+    from server_app.latent_query import node_feature_record, query_latents
+
+    kinds = feddifrc_kinds(cfg)
+    if not kinds:
+        return {}, {}
+    num_negatives = (
+        None if cfg.self_supervised or cfg.tdcl_negatives == 0 else cfg.tdcl_negatives
+    )
+    with guidance_session(
+        cfg, split, num_negatives=num_negatives, self_supervised=cfg.self_supervised
+    ) as session:
+        extractor = session.extractor
+        projection = ensure_projection(session, progress=False)
+        uploads, record = query_latents(
+            grid,
+            resolution=extractor.resolution,
+            micro_batch=extractor.recipe.micro_batch,
+            latent_shape=tuple(extractor.model.latent_shape(extractor.resolution)),
+            # Supervised prompt sets start from the true class; self-supervised
+            # ones use no label, so none is asked for.
+            needs_labels=not cfg.self_supervised,
+            vae=extractor.model.vae_fingerprint,
+            min_nodes=cfg.min_available_clients,
+            timeout=SERVICE_CALL_TIMEOUT,
+        )
+        features = {}
+        for node, upload in uploads.items():
+            t0 = time.perf_counter()
+            features[node] = node_feature_record(extractor, projection, kinds[0], upload)
+            log(
+                INFO,
+                "Features of node %s: %d samples in %.1f s",
+                node,
+                len(upload.ids),
+                time.perf_counter() - t0,
+            )
+        fingerprint = extractor.model.fingerprint
+    return features, {"latent-upload": record, "model": fingerprint}
+
+
+def guidance_kwargs(
+    cfg: RunConfig, split: DataSplit, grid: Grid | None = None
+) -> tuple[dict[str, Any], dict]:
     """Strategy constructor arguments of a guided method, and a record of the work.
 
     Returns ``({}, {})`` for the other methods. The record (where the model
     ran, its fingerprint, seconds, store, samples computed) goes to the run
-    folder's ``guidance.json``.
+    folder's ``guidance.json``. ``grid`` is needed for FedDifRC's
+    latent-upload query round.
     """
     if cfg.method not in ("feddifrc", "semanticfl"):
         return {}, {}
@@ -234,6 +290,11 @@ def guidance_kwargs(cfg: RunConfig, split: DataSplit) -> tuple[dict[str, Any], d
     if cfg.method == "semanticfl":
         anchors, info = prepare_semanticfl(cfg, split)
         kwargs: dict[str, Any] = {"anchors": anchors}
+    elif cfg.feddifrc_features == "latent-upload":
+        if grid is None:
+            raise ValueError("the latent-upload query round needs the Grid")
+        features, info = prepare_feddifrc_latents(cfg, split, grid)
+        kwargs = {"node_features": features}
     else:
         path, info = prepare_feddifrc(cfg, split)
         kwargs = {"store_path": path}

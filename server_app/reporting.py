@@ -131,8 +131,9 @@ class RunRecorder:
         """
         if server_round > 0 and not self._pending_train:
             raise RuntimeError(
-                f"round {server_round}: no client returned a training result (every "
-                "reply was an error; the ClientApp errors are logged above)"
+                f"round {server_round}: no client returned a usable training result "
+                "(every reply was an error or a malformed update; the reasons are "
+                "logged above)"
             )
 
     def record_round(

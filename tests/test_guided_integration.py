@@ -35,8 +35,15 @@ TINY_RUN = {
         ("semanticfl", {}, ("train-kd", "train-con")),
         # self-supervised: no CE on the clients, a linear probe on the server
         ("feddifrc", {"self-supervised": True}, ("train-tdcl", "train-ndcr")),
+        # deployment's path: a query round collects VAE latents, features ride
+        # in the train Messages
+        (
+            "feddifrc",
+            {"feddifrc-features": "latent-upload", "share-latents": True},
+            ("train-tdcl", "train-ndcr"),
+        ),
     ],
-    ids=["feddifrc", "semanticfl", "feddifrc-self-supervised"],
+    ids=["feddifrc", "semanticfl", "feddifrc-self-supervised", "feddifrc-latent-upload"],
 )
 def test_guided_federation_completes(
     method, extra, term_metrics, tiny_sd_dir, tmp_path
@@ -66,3 +73,9 @@ def test_guided_federation_completes(
     record = json.loads((result.run_dir / "guidance.json").read_text())
     assert record["method"] == method and record["seconds"] > 0
     assert (tmp_path / "feature-store").is_dir()
+    if extra.get("feddifrc-features") == "latent-upload":
+        query = record["latent-upload"]
+        assert query["asked"] == 3 and len(query["shared"]) == 3, query
+        assert sum(query["shared"].values()) == 300  # 3 clients x 100 samples
+        assert rows[-1]["train"]["instance-guided"] == 1.0
+        assert "decode back to the images" in result.output

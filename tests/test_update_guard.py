@@ -57,7 +57,7 @@ BAD = {
     "nan": (arrays(1.0, w=np.full((2, 3), np.nan, np.float32)), "NaN/Inf"),
     "inf": (arrays(1.0, b=np.array([0, np.inf, 0], np.float32)), "NaN/Inf"),
     "shape": (arrays(1.0, w=np.ones((3, 2), np.float32)), "(3, 2)"),
-    "dtype": (arrays(1.0, b=np.zeros(3, np.float64)), "float64"),
+    "dtype": (arrays(1.0, b=np.zeros(3, np.complex64)), "complex64"),
     "missing": (arrays(1.0, b=None), "missing ['b']"),
     "extra": (arrays(1.0, extra=np.zeros(1, np.float32)), "unexpected ['extra']"),
 }
@@ -79,6 +79,18 @@ def test_update_without_a_usable_example_count_is_out(n):
         {keys.ARRAYS: arrays(1.0), keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: n})}
     )
     assert "num-examples" in update_problem(content, signature(ArrayRecord(GLOBAL)))
+
+
+def test_integer_counters_against_aggregated_float_counters_pass():
+    """After one aggregation BatchNorm's counter is float64; clients send int64."""
+    aggregated = {**GLOBAL, "n": Array(np.array(4.0))}
+    content = RecordDict(
+        {
+            keys.ARRAYS: arrays(2.0, n=np.array(7, np.int64)),
+            keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 5}),
+        }
+    )
+    assert update_problem(content, signature(ArrayRecord(aggregated))) is None
 
 
 def test_a_well_formed_update_passes():
@@ -121,7 +133,7 @@ def test_every_strategy_leaves_malformed_updates_out_and_goes_on(
     np.testing.assert_array_equal(result.arrays["w"].numpy(), np.full((2, 3), 3.0))
     assert [(r, n) for r, n, _ in strategy.rejected] == [(1, 3), (2, 3)]
     assert "NaN/Inf" in strategy.rejected[0][2]
-    assert "(3, 2)" in strategy.rejected[1][2]
+    assert "shape (3, 2)" in strategy.rejected[1][2]
     logged = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert len(logged) == 2 and "node 3" in logged[0]
 

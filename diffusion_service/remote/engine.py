@@ -210,6 +210,7 @@ class GuidanceEngine:
         blocks = m.unet.up_blocks
         return {
             "fingerprint": m.fingerprint,
+            "vae_fingerprint": m.vae_fingerprint,
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
             "resolution": res,

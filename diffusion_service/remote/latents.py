@@ -32,6 +32,7 @@ from torch import Tensor
 
 from diffusion_service.features import FeatureExtractor, ImageInputError
 from diffusion_service.model import GuidanceModel
+from diffusion_service.vae_encoder import encode_padded
 
 
 class _PassThroughVAE:
@@ -99,21 +100,13 @@ def vae_latent_layout(extractor: FeatureExtractor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-@torch.inference_mode()
 def encode_latents(extractor: FeatureExtractor, images: Tensor) -> Tensor:
     """What a client uploads: VAE posterior means (N, c, h, w), float32, CPU.
 
-    Runs on micro-batches padded to ``recipe.micro_batch`` rows, as
-    ``FeatureExtractor`` does, so the latents are bit-identical to the ones
-    the in-process image path computes (a batch of another size takes other
-    CPU kernels).
+    :func:`~diffusion_service.vae_encoder.encode_padded` with the extractor's
+    VAE and input transform, so the latents are bit-identical to the ones the
+    in-process image path computes (and to :class:`~..vae_encoder.VaeEncoder`'s).
     """
-    mb = extractor.recipe.micro_batch
-    vae = extractor.model.vae
-    out = []
-    for start in range(0, len(images), mb):
-        n = min(mb, len(images) - start)
-        rows = list(range(start, start + n)) + [start] * (mb - n)
-        x = extractor.preprocess(images[rows])
-        out.append(vae.encode(x).latent_dist.mean[:n].float().cpu())
-    return torch.cat(out)
+    return encode_padded(
+        extractor.model.vae, extractor.preprocess, images, extractor.recipe.micro_batch
+    )

@@ -80,6 +80,7 @@ class ServiceModel:
     latent_channels: int
     num_up_blocks: int
     up_block_channels: tuple[int, ...]
+    vae_fingerprint: str = ""  # checks uploaded latents (empty from older services)
 
     @classmethod
     def from_info(cls, model: dict[str, Any]) -> ServiceModel:
@@ -98,11 +99,17 @@ class ServiceModel:
                 latent_channels=int(model["latent_shape"][0]),
                 num_up_blocks=int(model["num_up_blocks"]),
                 up_block_channels=tuple(int(c) for c in model["up_block_channels"]),
+                vae_fingerprint=str(model.get("vae_fingerprint", "")),
             )
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise GuidanceServiceError(
                 INFO, grpc.StatusCode.INTERNAL, f"bad model description: {exc!r}"
             ) from None
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """(c, h, w) of the VAE latents of ``resolution``-px images."""
+        side = resolution // self.vae_scale_factor
+        return (self.latent_channels, side, side)
 
     def raw_width(self, recipe: FeatureRecipe) -> int:
         """Width r of a recipe's raw features: latent + tapped up-block channels."""
@@ -178,6 +185,13 @@ class RemoteFeatureExtractor:
         """
         return self._run(images, indices, prompt_ids, projection)
 
+    def for_latents(self) -> RemoteFeatureExtractor:
+        """This extractor, for VAE latents: the service takes them as they are.
+
+        ``features``/``raw`` send floating-point inputs as ``latents``.
+        """
+        return self
+
     def text_anchors(self, dim: int, seed: int) -> Tensor:
         """(C, d) text anchors of the class prompts, computed by the service."""
         recipe = dataclasses.replace(self.recipe, dim=dim, seed=seed)
@@ -200,9 +214,15 @@ class RemoteFeatureExtractor:
         outs = []
         for start in range(0, len(images), rows):
             part = slice(start, start + rows)
+            # Floating-point inputs are VAE latents (see for_latents).
+            inputs = (
+                {"latents": images[part]}
+                if images.is_floating_point()
+                else {"images": images[part]}
+            )
             got = self.guidance.features(
-                images[part],
-                indices[part],
+                indices=indices[part],
+                **inputs,
                 recipe=self.recipe,
                 class_names=self.class_names,
                 prompt_ids=ids[part],

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -22,14 +22,18 @@ class FedDifRC(UpdateGuard, FedAvg):
     Aggregation is FedAvg's (the paper's base). The strategy injects the client
     terms into each train config: TDCL (``tdcl-weight``, ``tdcl-tau``) and NDCR
     (``ndcr-weight``, ``ndcr-mode``, ``ndcr-tau``), each only when its weight is
-    above 0 (a weight of 0 is the ablation without that term), plus the path of
-    the feature store holding every client sample's diffusion features, which
-    the server fills once before round 1 (``server_app/guidance.py``).
+    above 0 (a weight of 0 is the ablation without that term), plus where the
+    clients find their diffusion features: the path of the feature store the
+    server fills once before round 1 (simulation), or, after the latent-upload
+    query round (deployment), each node's own features, attached to its train
+    Messages until the node reports that it holds them.
 
     Parameters
     ----------
     store_path : str
         Absolute path of the instance-feature store ("" when no term is on).
+    node_features : dict of int to ArrayRecord, optional
+        Latent upload: each sharing node's features (``server_app/latent_query.py``).
     tdcl_weight, tdcl_tau : float
         TDCL weight (paper: 1) and temperature (released code: 0.04).
     ndcr_weight : float
@@ -50,6 +54,7 @@ class FedDifRC(UpdateGuard, FedAvg):
         self,
         *,
         store_path: str = "",
+        node_features: dict[int, ArrayRecord] | None = None,
         tdcl_weight: float = 1.0,
         tdcl_tau: float = 0.04,
         ndcr_weight: float = 1.0,
@@ -60,9 +65,16 @@ class FedDifRC(UpdateGuard, FedAvg):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (tdcl_weight > 0 or ndcr_weight > 0) and not store_path:
-            raise ValueError("FedDifRC with TDCL or NDCR on needs a feature store path")
+        if (tdcl_weight > 0 or ndcr_weight > 0) and not (
+            store_path or node_features is not None
+        ):
+            raise ValueError(
+                "FedDifRC with TDCL or NDCR on needs a feature store path or the "
+                "nodes' features from the latent-upload query round"
+            )
         self.store_path = store_path
+        self.node_features = node_features
+        self.delivered: set[int] = set()  # nodes that reported holding theirs
         self.tdcl_weight, self.tdcl_tau = tdcl_weight, tdcl_tau
         self.ndcr_weight, self.ndcr_mode, self.ndcr_tau = (
             ndcr_weight,
@@ -100,9 +112,44 @@ class FedDifRC(UpdateGuard, FedAvg):
             config[keys.NDCR_TAU] = self.ndcr_tau
         if self.store_path:
             config[keys.FEATURE_STORE] = self.store_path
+        if self.node_features is not None:
+            config[keys.FEATURE_SOURCE] = "latent-upload"
         if self.self_supervised:
             config[keys.SELF_SUPERVISED] = True
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = super().configure_train(server_round, arrays, config, grid)
+        if self.node_features is None:
+            return messages
+        return [self._with_features(m) for m in messages]
+
+    def _with_features(self, message: Message) -> Message:
+        """The Message, plus the node's features if it does not hold them yet.
+
+        Messages of a round share one RecordDict, so a node's copy is a new one.
+        """
+        node = message.metadata.dst_node_id
+        if node not in self.node_features or node in self.delivered:
+            return message
+        content = RecordDict(dict(message.content.items()))
+        content[keys.INSTANCE_FEATURES] = self.node_features[node]
+        return Message(
+            content=content,
+            message_type=message.metadata.message_type,
+            dst_node_id=node,
+        )
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        """Note which nodes hold their features (a restarted node gets them again)."""
+        replies = list(replies)
+        for reply in replies:
+            if self.node_features is None or reply.has_error():
+                continue
+            metrics = reply.content.metric_records.get(keys.METRICS) or {}
+            node = reply.metadata.src_node_id
+            if metrics.get(keys.INSTANCE_GUIDED) == 1 and node in self.node_features:
+                self.delivered.add(node)
+            else:
+                self.delivered.discard(node)
+        return super().aggregate_train(server_round, replies)
 
     def summary(self) -> None:
         """Log FedDifRC's settings, then FedAvg's."""
@@ -116,6 +163,11 @@ class FedDifRC(UpdateGuard, FedAvg):
             self.ndcr_mode,
             self.ndcr_tau,
             self.self_supervised,
-            self.store_path or "-",
+            self.store_path
+            or (
+                f"latent upload ({len(self.node_features)} nodes)"
+                if self.node_features is not None
+                else "-"
+            ),
         )
         super().summary()

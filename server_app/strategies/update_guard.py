@@ -6,7 +6,7 @@ poisons the global model, and one with the wrong shapes stops the run in
 ``aggregate_arrayrecords``. :class:`UpdateGuard` sits in front of Flower's
 ``aggregate_train`` in every strategy of the registry: it remembers the
 arrays each round sent and drops the replies whose update does not match
-them (keys, shapes, dtypes), holds a non-finite value, or carries an unusable
+them (keys, shapes), holds a non-number or a non-finite value, or carries an unusable
 example count. The round goes on with the rest; with none left, Flower keeps
 the previous global model.
 """
@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 
 from common import keys
 
-Signature = dict[str, tuple[tuple[int, ...], str]]
+Signature = dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype)
 
 
 def signature(arrays: ArrayRecord) -> Signature:
@@ -44,15 +44,16 @@ def update_problem(content: RecordDict, expected: Signature) -> str | None:
     missing, extra = sorted(expected.keys() - got), sorted(got.keys() - expected)
     if missing or extra:
         return f"arrays do not match the global model (missing {missing}, unexpected {extra})"
-    for name, (shape, dtype) in expected.items():
-        if got[name] != (shape, dtype):
-            return (
-                f"array '{name}' is {got[name][0]} {got[name][1]}; "
-                f"the global model's is {shape} {dtype}"
-            )
+    for name, (shape, _) in expected.items():
+        if got[name][0] != shape:
+            return f"array '{name}' has shape {got[name][0]}; the global model's is {shape}"
     for name, array in arrays.items():
         values = array.numpy()
-        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        # Not the exact dtype: aggregation turns BatchNorm's int64 counters
+        # into float64, while clients send them back as int64.
+        if values.dtype.kind not in "biuf":
+            return f"array '{name}' has dtype {values.dtype}; numbers are needed"
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             return f"array '{name}' holds {bad} NaN/Inf values"
     metrics = content.metric_records.get(keys.METRICS)
