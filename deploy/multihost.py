@@ -8,10 +8,14 @@ machines, through the same scripts in ``deploy/``):
 2. namespaces (``deploy/netns.py``): a server host and one host per SuperNode
    plus one for the unregistered node, on a bridge;
 3. server host: ``start_superlink.sh`` (TLS, ``--enable-supernode-auth``),
-   a private ``flwr`` connection, ``register_nodes.sh`` for N keys, and,
-   with ``--guidance-service``, the diffusion service (TLS + token);
+   with ``--isolation process`` (default) a ``flower-superexec`` for the
+   ServerApps as compose's ``superexec-serverapp``, a private ``flwr``
+   connection, ``register_nodes.sh`` for N keys, and, with
+   ``--guidance-service``, the diffusion service (TLS + token);
 4. the unregistered SuperNode must be refused (exit code 305);
-5. each client host: ``start_supernode.sh`` with its partition;
+5. each client host: ``start_supernode.sh`` with its partition (and its
+   own ``flower-superexec`` for the ClientApps, as compose's
+   ``superexec-clientapp-<i>``);
 6. ``flwr run <app> <connection> --stream``; with ``--kill-node`` one
    SuperNode is killed (SIGKILL, its whole process tree) right after the
    server sent it round ``--kill-round``'s (default 1) training message. Flower marks it
@@ -41,7 +45,9 @@ from deploy.local_sim import COMPLETED
 from deploy.multihost_run import MultihostResult, run_multihost
 from deploy.netns import unavailable_reason
 
-__all__ = ["MultihostResult", "run_multihost", "main", "SMALL_RUN"]
+__all__ = ["MultihostResult", "run_multihost", "main", "NODES", "SMALL_RUN"]
+
+NODES = 3  # SuperNodes; deploy/compose/compose.yml has the same (a test checks)
 
 # Small enough for 2 CPU cores; every key is a normal run-config key.
 SMALL_RUN: dict[str, Any] = {
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "auth, run it, and check it completed (needs root).",
     )
     ap.add_argument("--app", default=".", help="app folder (holds pyproject.toml)")
-    ap.add_argument("--nodes", type=int, default=3, help="SuperNodes (default 3)")
+    ap.add_argument("--nodes", type=int, default=NODES, help="SuperNodes (default 3)")
     ap.add_argument(
         "--kill-node",
         type=int,
@@ -102,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=None,
         help="overrides of the small default run, as for flwr run",
+    )
+    ap.add_argument(
+        "--isolation",
+        choices=["process", "subprocess"],
+        default="process",
+        help="process (default): a separate flower-superexec per host runs the "
+        "apps, as in compose; subprocess: the SuperLink/SuperNode start it",
     )
     ap.add_argument("--work-dir", default=None, help="keep files here (default tmp)")
     ap.add_argument("--quiet", action="store_true", help="do not stream the run")
@@ -126,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             kill_round=args.kill_round,
             rogue=not args.no_rogue,
             guidance_service=args.guidance_service,
+            isolation=args.isolation,
             stream=not args.quiet,
         )
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:

@@ -134,14 +134,16 @@ def _run_status(hosts: Hosts, ns: str, home: str, run_id: int | None) -> str:
     return "unknown (run not listed)"
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a SuperNode and its ClientApp processes: a crashed host."""
-    for pid in [proc.pid, *descendants(proc.pid)]:
+def _kill_host(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL a client host's processes and their children: a crashed host."""
+    pids = [q for p in procs for q in (p.pid, *descendants(p.pid))]
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    proc.wait()
+    for proc in procs:
+        proc.wait()
 
 
 def run_multihost(
@@ -154,6 +156,7 @@ def run_multihost(
     kill_round: int = 1,
     rogue: bool = True,
     guidance_service: bool = False,
+    isolation: str = "process",
     stream: bool = True,
     timeout: float = 900,
 ) -> MultihostResult:
@@ -210,7 +213,8 @@ def run_multihost(
         link = hosts.spawn(
             srv,
             ["bash", str(DEPLOY / "start_superlink.sh"), "--certs", str(certs),
-             "--host", "0.0.0.0", "--port", str(PORT), "--database",
+             "--host", "0.0.0.0", "--port", str(PORT), "--isolation", isolation,
+             "--database",
              str(work / "superlink.db"), "--log-file", str(work / "superlink.log"),
              "--foreground"],
             "superlink.out", FLWR_HOME=str(work / "superlink-home"),
@@ -232,6 +236,13 @@ def run_multihost(
 
         # The first registration also tells us the SuperLink is up.
         _wait(registered, 60, "the SuperLink did not accept the node keys", 2)
+        if isolation == "process":  # compose's superexec-serverapp
+            hosts.spawn(
+                srv,
+                ["flower-superexec", "--root-certificates", str(certs / "ca.crt"),
+                 "--runtime-api-address", f"127.0.0.1:{PORT}"],
+                "superexec-serverapp.out", FLWR_HOME=str(work / "superlink-home"),
+            )  # fmt: skip
         mark("superlink-up-and-keys-registered")
 
         if guidance_service:
@@ -256,19 +267,28 @@ def run_multihost(
             )  # fmt: skip
             mark("diffusion-service-up")
 
-        def supernode(i: int, ns: str, key: int, log: str) -> subprocess.Popen:
-            return hosts.spawn(
+        def supernode(i: int, ns: str, key: int, log: str, mode: str) -> list:
+            home = str(work / f"node-{key}-home")
+            procs = [hosts.spawn(
                 ns,
                 ["bash", str(DEPLOY / "start_supernode.sh"), "--superlink", addr,
                  "--ca", str(certs / "ca.crt"),
                  "--key", str(certs / f"supernode_credentials_{key}"),
                  "--partition-id", str(i), "--num-partitions", str(nodes),
-                 "--flwr-home", str(work / f"node-{key}-home"), "--foreground"],
+                 "--isolation", mode, "--flwr-home", home, "--foreground"],
                 log,
-            )  # fmt: skip
+            )]  # fmt: skip
+            if mode == "process":  # compose's superexec-clientapp-<i>
+                procs.append(hosts.spawn(
+                    ns,
+                    ["flower-superexec", "--insecure", "--runtime-api-address",
+                     "127.0.0.1:9094"],
+                    log.replace("supernode", "superexec-clientapp"), FLWR_HOME=home,
+                ))  # fmt: skip
+            return procs
 
         if rogue:
-            bad = supernode(0, net.client(nodes), nodes, "rogue.out")
+            [bad] = supernode(0, net.client(nodes), nodes, "rogue.out", "subprocess")
             try:
                 res.rogue_rc = bad.wait(timeout=90)
             except subprocess.TimeoutExpired:
@@ -280,9 +300,10 @@ def run_multihost(
             mark("unregistered-node-checked")
 
         clients = [
-            supernode(i, net.client(i), i, f"supernode-{i}.out") for i in range(nodes)
+            supernode(i, net.client(i), i, f"supernode-{i}.out", isolation)
+            for i in range(nodes)
         ]
-        _wait(lambda: all(_alive(c, f"supernode {i}", work / f"supernode-{i}.out")
+        _wait(lambda: all(_alive(c[0], f"supernode {i}", work / f"supernode-{i}.out")
                           for i, c in enumerate(clients))
               and _online(hosts, srv, cli_home) == nodes,
               90, f"not all {nodes} SuperNodes came online", 2)  # fmt: skip
@@ -344,7 +365,7 @@ def _flwr_run(hosts, app_dir, overrides, res, clients, kill_node, kill_round,
                     and res.killed_at is None
                     and "configure_train: Sampled" in line
                 ):
-                    _kill_tree(clients[kill_node])
+                    _kill_host(clients[kill_node])
                     res.killed_node = kill_node
                     res.killed_at = round(time.perf_counter() - t0, 1)
                     lines.append(f"### multihost: killed SuperNode {kill_node}\n")
