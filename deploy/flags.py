@@ -18,8 +18,14 @@ from collections.abc import Callable
 from importlib import import_module
 
 PARSERS: dict[str, tuple[str, str]] = {
-    "flower-superlink": ("flwr.superlink.cli.flower_superlink", "_parse_args_run_superlink"),
-    "flower-supernode": ("flwr.supernode.cli.flower_supernode", "_parse_args_run_supernode"),
+    "flower-superlink": (
+        "flwr.superlink.cli.flower_superlink",
+        "_parse_args_run_superlink",
+    ),
+    "flower-supernode": (
+        "flwr.supernode.cli.flower_supernode",
+        "_parse_args_run_supernode",
+    ),
     "flower-superexec": ("flwr.supercore.cli.flower_superexec", "_parse_args"),
 }
 # Flags of older Flower releases that 1.41 rejects or ignores.
@@ -56,7 +62,9 @@ def parse(program: str, argv: list[str]) -> argparse.Namespace:
         with contextlib.redirect_stderr(err):
             return parser_for(program).parse_args(argv)
     except SystemExit:
-        raise ValueError(f"{program} {' '.join(argv)}: {err.getvalue().strip()}") from None
+        raise ValueError(
+            f"{program} {' '.join(argv)}: {err.getvalue().strip()}"
+        ) from None
 
 
 def stale_flags(argv: list[str]) -> list[str]:

@@ -27,11 +27,7 @@ def connection_block(name: str, address: str, ca: Path) -> str:
     for label, value in (("address", address), ("CA path", str(ca))):
         if '"' in value or "\\" in value or "\n" in value:
             raise ValueError(f"{label} may not contain quotes, backslashes or newlines")
-    return (
-        f"[superlink.{name}]\n"
-        f'address = "{address}"\n'
-        f'root-certificates = "{ca}"\n'
-    )
+    return f'[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{ca}"\n'
 
 
 def add_connection(
@@ -56,7 +52,9 @@ def add_connection(
     if not re.search(r"^\[superlink\]\s*$", text, re.M):
         text = f'[superlink]\ndefault = "{name}"\n\n' + text
     elif default:
-        text = re.sub(r'^default\s*=.*$', f'default = "{name}"', text, count=1, flags=re.M)
+        text = re.sub(
+            r"^default\s*=.*$", f'default = "{name}"', text, count=1, flags=re.M
+        )
     text = text.rstrip("\n") + "\n\n" + connection_block(name, address, ca)
     tomllib.loads(text)
     config.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -15,13 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from common.io import read_jsonl
-from deploy.local_sim import (
-    COMPLETED,
-    descendants,
-    resolve_config,
-    stop_tree,
-    to_toml_overrides,
-)
+from deploy.hosts import Hosts, alive, kill_host, wait_until
+from deploy.local_sim import resolve_config, to_toml_overrides
 from deploy.netns import Network
 
 DEPLOY = Path(__file__).resolve().parent
@@ -56,62 +50,6 @@ class MultihostResult:
         return {k: v for k, v in asdict(self).items() if k != "output"}
 
 
-class Hosts:
-    """Processes started in the namespaces; all ended by PID in ``close``."""
-
-    def __init__(self, net: Network, work: Path, env: dict[str, str]) -> None:
-        self.net, self.work, self.env = net, work, env
-        self.procs: list[subprocess.Popen] = []
-
-    def spawn(self, ns: str, cmd: list[str], log: str, **env: str) -> subprocess.Popen:
-        """Start ``cmd`` in ``ns``; output to ``work/log``."""
-        proc = subprocess.Popen(
-            [*self.net.exec_prefix(ns), *cmd],
-            env={**self.env, **env},
-            cwd=self.work,
-            stdout=open(self.work / log, "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C must not race our cleanup
-        )
-        self.procs.append(proc)
-        return proc
-
-    def run(self, ns: str, cmd: list[str], timeout: float = 120, **env: str):
-        """Run ``cmd`` in ``ns`` to completion; the CompletedProcess."""
-        return subprocess.run(
-            [*self.net.exec_prefix(ns), *cmd],
-            env={**self.env, **env},
-            cwd=self.work,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                stop_tree(proc)
-            else:
-                proc.wait()
-
-
-def _wait(pred, timeout: float, what: str, poll: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(poll)
-    raise TimeoutError(f"{what} within {timeout:.0f} s")
-
-
-def _alive(proc: subprocess.Popen, name: str, log: Path) -> bool:
-    if proc.poll() is not None:
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
-    return True
-
-
 def _online(hosts: Hosts, ns: str, home: str) -> int:
     done = hosts.run(ns, ["flwr", "supernode", "list", CONNECTION, "--format", "json"],
                      FLWR_HOME=home)  # fmt: skip
@@ -132,18 +70,6 @@ def _run_status(hosts: Hosts, ns: str, home: str, run_id: int | None) -> str:
         if run_id is None or int(run["run-id"]) == run_id:
             return str(run["status"])
     return "unknown (run not listed)"
-
-
-def _kill_host(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL a client host's processes and their children: a crashed host."""
-    pids = [q for p in procs for q in (p.pid, *descendants(p.pid))]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for proc in procs:
-        proc.wait()
 
 
 def run_multihost(
@@ -223,7 +149,7 @@ def run_multihost(
         reg = [str(certs / f"supernode_credentials_{i}.pub") for i in range(nodes)]
 
         def registered() -> bool:
-            _alive(link, "flower-superlink", work / "superlink.out")
+            alive(link, "flower-superlink", work / "superlink.out")
             done = hosts.run(
                 srv,
                 ["bash", str(DEPLOY / "register_nodes.sh"), "--add-connection",
@@ -235,7 +161,7 @@ def run_multihost(
             return done.returncode == 0
 
         # The first registration also tells us the SuperLink is up.
-        _wait(registered, 60, "the SuperLink did not accept the node keys", 2)
+        wait_until(registered, 60, "the SuperLink did not accept the node keys", 2)
         if isolation == "process":  # compose's superexec-serverapp
             hosts.spawn(
                 srv,
@@ -255,8 +181,8 @@ def run_multihost(
                  "--token-file", str(certs / "token")],
                 "diffusion.out",
             )  # fmt: skip
-            _wait(
-                lambda: _alive(svc, "diffusion service", work / "diffusion.out")
+            wait_until(
+                lambda: alive(svc, "diffusion service", work / "diffusion.out")
                 and hosts.run(srv, [sys.executable, "-m", "diffusion_service.remote",
                                     "health", "--address",
                                     f"{net.server_ip}:{SERVICE_PORT}",
@@ -303,7 +229,7 @@ def run_multihost(
             supernode(i, net.client(i), i, f"supernode-{i}.out", isolation)
             for i in range(nodes)
         ]
-        _wait(lambda: all(_alive(c[0], f"supernode {i}", work / f"supernode-{i}.out")
+        wait_until(lambda: all(alive(c[0], f"supernode {i}", work / f"supernode-{i}.out")
                           for i, c in enumerate(clients))
               and _online(hosts, srv, cli_home) == nodes,
               90, f"not all {nodes} SuperNodes came online", 2)  # fmt: skip
@@ -365,7 +291,7 @@ def _flwr_run(hosts, app_dir, overrides, res, clients, kill_node, kill_round,
                     and res.killed_at is None
                     and "configure_train: Sampled" in line
                 ):
-                    _kill_host(clients[kill_node])
+                    kill_host(clients[kill_node])
                     res.killed_node = kill_node
                     res.killed_at = round(time.perf_counter() - t0, 1)
                     lines.append(f"### multihost: killed SuperNode {kill_node}\n")

@@ -27,11 +27,21 @@ def unavailable_reason() -> str | None:
         return "network namespaces need root (ip netns add)"
     if shutil.which("ip") is None:
         return "iproute2's 'ip' is not installed (apt-get install iproute2)"
+    # Everything create() needs, in a throw-away namespace: some sandboxes
+    # allow namespaces but not bridges or veth pairs.
     probe = f"sfl{os.getpid()}-probe"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"'ip netns add' failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    steps = [
+        ["netns", "add", probe],
+        ["-n", probe, "link", "add", "br0", "type", "bridge"],
+        ["-n", probe, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+    ]
+    try:
+        for step in steps:
+            done = subprocess.run(["ip", *step], capture_output=True, text=True)
+            if done.returncode != 0:
+                return f"'ip {' '.join(step)}' failed: {done.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 

@@ -93,7 +93,9 @@ def test_topology_matches_the_multihost_test(model):
         node = _opts(services[f"supernode-{i}"]["command"])
         assert node["--node-config"] == f"partition-id={i} num-partitions={NODES}"
         assert node["--superlink"] == "superlink:8000"
-        assert node["--auth-supernode-private-key"].endswith(f"supernode_credentials_{i}")
+        assert node["--auth-supernode-private-key"].endswith(
+            f"supernode_credentials_{i}"
+        )
         assert "--root-certificates" in node and "--insecure" not in node
         runner = _opts(services[f"superexec-clientapp-{i}"]["command"])
         # Each ClientApp runner talks to its own SuperNode's port, no other.
@@ -117,7 +119,10 @@ def test_mounted_files_are_the_ones_the_commands_name(model):
                 assert f"/app/{value}" in targets, (name, value)
     # A SuperNode gets its own key only, never another node's or the server's.
     for i in range(NODES):
-        mounted = {Path(v["source"]).name for v in model["services"][f"supernode-{i}"]["volumes"]}
+        mounted = {
+            Path(v["source"]).name
+            for v in model["services"][f"supernode-{i}"]["volumes"]
+        }
         assert mounted == {"ca.crt", f"supernode_credentials_{i}"}
 
 
@@ -128,7 +133,10 @@ def test_gpu_is_reserved_only_with_the_gpu_override():
     devices = server["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert server["environment"]["GUIDANCE_DEVICE"] == "cuda"
-    assert cpu["services"]["superexec-serverapp"]["environment"]["GUIDANCE_DEVICE"] == "cpu"
+    assert (
+        cpu["services"]["superexec-serverapp"]["environment"]["GUIDANCE_DEVICE"]
+        == "cpu"
+    )
 
 
 def test_app_image_builds_on_flower_superexec_with_cpu_torch():

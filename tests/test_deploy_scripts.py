@@ -83,8 +83,12 @@ def test_make_certs_refuses_bad_input_clearly(certs, tmp_path):
     assert again.returncode != 0 and "exists (use -f to overwrite)" in again.stderr
     bad = _sh(str(DEPLOY / "make_certs.sh"), "-N", "two", str(tmp_path / "x"))
     assert bad.returncode != 0 and "-N must be a whole number" in bad.stderr
-    tool = _sh(str(DEPLOY / "make_certs.sh"), "-N", "1", "-K", "gpg", str(tmp_path / "y"))
-    assert tool.returncode != 0 and "-K must be auto, python or ssh-keygen" in tool.stderr
+    tool = _sh(
+        str(DEPLOY / "make_certs.sh"), "-N", "1", "-K", "gpg", str(tmp_path / "y")
+    )
+    assert (
+        tool.returncode != 0 and "-K must be auto, python or ssh-keygen" in tool.stderr
+    )
 
 
 def _flags(cmd: str) -> list[str]:
@@ -136,7 +140,9 @@ def test_flag_check_catches_flags_of_older_flower_releases():
     with pytest.raises(ValueError, match="no longer supported"):
         flags.parse("flower-supernode", argv)
     assert flags.stale_flags(argv) == ["--clientappio-api-address"]
-    assert flags.stale_flags(["--superlink=superlink:9092"]) == ["--superlink=superlink:9092"]
+    assert flags.stale_flags(["--superlink=superlink:9092"]) == [
+        "--superlink=superlink:9092"
+    ]
 
 
 def test_connection_entry_is_added_and_replaced(certs, tmp_path):
