@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.io import read_jsonl
+from deploy.flwr_connection import add_connection
 from deploy.hosts import Hosts, alive, kill_host, wait_until
 from deploy.local_sim import resolve_config, to_toml_overrides
 from deploy.netns import Network
@@ -148,20 +149,24 @@ def run_multihost(
         addr = f"{net.server_ip}:{PORT}"
         reg = [str(certs / f"supernode_credentials_{i}.pub") for i in range(nodes)]
 
-        def registered() -> bool:
-            alive(link, "flower-superlink", work / "superlink.out")
-            done = hosts.run(
-                srv,
-                ["bash", str(DEPLOY / "register_nodes.sh"), "--add-connection",
-                 addr, "--ca", str(certs / "ca.crt"), CONNECTION, *reg],
-                FLWR_HOME=cli_home,
-            )  # fmt: skip
-            if done.returncode != 0:  # kept for the error message, if it never works
-                (work / "register.err").write_text(done.stdout + done.stderr)
-            return done.returncode == 0
+        add_connection(
+            Path(cli_home) / "config.toml", CONNECTION, addr, certs / "ca.crt"
+        )
 
-        # The first registration also tells us the SuperLink is up.
-        wait_until(registered, 60, "the SuperLink did not accept the node keys", 2)
+        def answers() -> bool:  # the SuperLink is up and speaks TLS to our CA
+            alive(link, "flower-superlink", work / "superlink.out")
+            return _online(hosts, srv, cli_home) >= 0
+
+        wait_until(answers, 60, "the SuperLink did not answer over TLS", 2)
+        # Once, so a failure is the script's own error, not a retry artefact.
+        done = hosts.run(
+            srv,
+            ["bash", str(DEPLOY / "register_nodes.sh"), "--add-connection",
+             addr, "--ca", str(certs / "ca.crt"), CONNECTION, *reg],
+            FLWR_HOME=cli_home,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"register_nodes.sh failed:\n{done.stdout}{done.stderr}")
         if isolation == "process":  # compose's superexec-serverapp
             hosts.spawn(
                 srv,
