@@ -12,11 +12,13 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from deploy import flags
+from deploy.local_sim import resolve_config
 from deploy.multihost import NODES
 
 COMPOSE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "compose"
@@ -145,3 +147,15 @@ def test_app_image_builds_on_flower_superexec_with_cpu_torch():
     assert "ARG FLWR_VERSION=1.41.0" in text
     assert "download.pytorch.org/whl/cpu" in text
     assert 'ENTRYPOINT ["flower-superexec"]' in text
+
+
+def test_demo_run_config_is_valid_and_fits_the_containers():
+    run = tomllib.loads((COMPOSE_DIR / "run-config.toml").read_text())
+    cfg = resolve_config(COMPOSE_DIR.parents[1], run)  # the apps' own validation
+    assert cfg.num_clients == NODES and cfg.min_available_clients < NODES
+    entry = (COMPOSE_DIR / "serverapp-entrypoint.sh").read_text()
+    assert f"--address {run['guidance-service']}" in entry
+    server = _config("cpu")["services"]["superexec-serverapp"]
+    targets = {v["target"] for v in server["volumes"]}
+    for key in ("guidance-service-ca", "guidance-service-token-file", "output-dir"):
+        assert run[key] in targets, key
