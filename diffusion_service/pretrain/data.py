@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from common.datasets import DATASETS, load_dataset
 from common.partition import PUBLIC_SPLIT_SEED, carve_public_split
+from diffusion_service.features import vae_input
 
 
 @dataclass(frozen=True)
@@ -71,22 +71,15 @@ def public_split(dataset: str, size: int, *, limit: int = 0) -> PublicData:
 def to_model_input(images: Tensor, resolution: int) -> Tensor:
     """uint8 (N, C, H, W) -> float32 (N, 3, R, R) in [-1, 1].
 
-    The same steps as the feature extractor's ``preprocess`` (bilinear,
-    antialiased resize, then [0, 1] -> [-1, 1]; grayscale repeated to 3
-    channels), so the VAE is trained on what it will be fed.
+    The feature extractor's own input transform (``features.vae_input``:
+    bilinear, antialiased resize, [0, 1] -> [-1, 1], grayscale repeated to 3
+    channels), so the VAE is trained on exactly what it will be fed.
     """
-    x = images.float() / 255.0
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(
-            x,
-            size=(resolution, resolution),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        ).clamp_(0.0, 1.0)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return (x * 2.0 - 1.0).contiguous()
+    x = vae_input(
+        images, channels=3, resolution=resolution, device=images.device,
+        dtype=torch.float32,
+    )  # fmt: skip
+    return x.contiguous()
 
 
 def to_uint8_gray(x: Tensor) -> Tensor:
