@@ -113,9 +113,9 @@ def plot_curves_panels(
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8
-    )
+    ncol = min(len(labels), 3 * cols)  # legend rows fit the figure's width
+    legend_rows = -(-len(labels) // max(1, ncol))
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, ncol), fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 * legend_rows / rows + 0.03, 1, 1))
     _save(fig, path)
