@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class Cell:
 
 
 def fmt_time(seconds: float) -> str:
+    """``12m05s``; hours as ``1h02m05s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m{int(seconds % 60):02d}s"
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
@@ -121,21 +125,51 @@ def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
     return ", ".join(differ)
 
 
-def run_cell(
-    cell: Cell, base: dict[str, Any], rounds: int, runs_dir: Path, label: str
-) -> dict[str, Any] | None:
-    """Run (or read back) one cell; its result row, or None if the run failed."""
-    name = cell.name(rounds)
-    run_dir = runs_dir / name
-    overrides = {
+def cell_overrides(
+    cell: Cell,
+    base: dict[str, Any],
+    rounds: int,
+    runs_dir: Path,
+    splits: Mapping[str, dict[str, Any]] = SCENARIOS,
+) -> dict[str, Any]:
+    """The run config of one cell: base, its split, its method, seed and rounds."""
+    return {
         **base,
-        **SCENARIOS[cell.scenario],
+        **splits[cell.scenario],
         **method_overrides(cell.method),
         "seed": cell.seed,
         "num-server-rounds": rounds,
         "output-dir": str(runs_dir),
-        "run-name": name,
+        "run-name": cell.name(rounds),
     }
+
+
+def cell_done(overrides: dict[str, Any], runs_dir: Path) -> bool:
+    """A finished run of exactly these settings is on disk (it will be reused)."""
+    run_dir = runs_dir / overrides["run-name"]
+    return (run_dir / "summary.json").exists() and not _config_mismatch(
+        run_dir, overrides
+    )
+
+
+Runner = Callable[..., Any]
+"""``run_simulation(app_dir, overrides, stream=False)`` or a test's fake."""
+
+
+def run_cell(
+    cell: Cell,
+    base: dict[str, Any],
+    rounds: int,
+    runs_dir: Path,
+    label: str,
+    *,
+    splits: Mapping[str, dict[str, Any]] = SCENARIOS,
+    runner: Runner | None = None,
+) -> dict[str, Any] | None:
+    """Run (or read back) one cell; its result row, or None if the run failed."""
+    name = cell.name(rounds)
+    run_dir = runs_dir / name
+    overrides = cell_overrides(cell, base, rounds, runs_dir, splits)
     stale = _config_mismatch(run_dir, overrides)
     if (run_dir / "summary.json").exists() and not stale:
         print(f"{label}: already done, skipped", flush=True)
@@ -148,7 +182,7 @@ def run_cell(
         if run_dir.exists():
             tag = "stale" if stale else "failed"
             run_dir.rename(runs_dir / f"{name}.{tag}-{int(time.time())}")
-        result = run_simulation(APP_DIR, overrides, stream=False)
+        result = (runner or run_simulation)(APP_DIR, overrides, stream=False)
         if not result.ok:
             print(result.output[-3000:], file=sys.stderr)
             print(f"{label}: run ended {result.status}", file=sys.stderr)
@@ -189,24 +223,79 @@ def run_matrix(
     base: dict[str, Any],
     rounds: int,
     runs_dir: Path,
+    *,
+    splits: Mapping[str, dict[str, Any]] = SCENARIOS,
+    runner: Runner | None = None,
+    estimate: Callable[[list[Cell]], list[float]] | None = None,
 ) -> list[dict[str, Any]] | None:
-    """Every cell in order (scenario, method, seed); None if a run failed."""
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    """Every cell in order (scenario, method, seed); None if a run failed.
+
+    ``splits`` maps scenario names to their split keys; ``runner`` replaces
+    the real simulation (tests); ``estimate`` gives each cell's expected
+    seconds, for the ETA printed after every cell (scaled by how long the cells
+    run so far actually took against their estimate).
+    """
+    unknown = [s for s in scenarios if s not in splits]
     if unknown:
-        raise SystemExit(
-            f"unknown scenario(s) {unknown}; valid: {', '.join(SCENARIOS)}"
-        )
+        raise SystemExit(f"unknown scenario(s) {unknown}; valid: {', '.join(splits)}")
     cells = [Cell(m, sc, s) for sc in scenarios for m in methods for s in seeds]
+    expected = estimate(cells) if estimate else [0.0] * len(cells)
+    todo = [
+        not cell_done(cell_overrides(c, base, rounds, runs_dir, splits), runs_dir)
+        for c in cells
+    ]
+    print(
+        f"{len(cells)} cells, {len(cells) - sum(todo)} already done"
+        + (
+            f"; estimated {fmt_time(sum(e for e, t in zip(expected, todo, strict=True) if t))} "
+            "for the rest"
+            if estimate
+            else ""
+        ),
+        flush=True,
+    )
     rows = []
+    t0 = time.perf_counter()
+    spent = planned = 0.0  # seconds run / estimated, of the cells run so far
     for i, cell in enumerate(cells, 1):
         label = (
             f"[{i}/{len(cells)}] {cell.method:14s} {cell.scenario:8s} seed={cell.seed}"
         )
-        row = run_cell(cell, base, rounds, runs_dir, label)
+        t_cell = time.perf_counter()
+        row = run_cell(
+            cell, base, rounds, runs_dir, label, splits=splits, runner=runner
+        )
         if row is None:
             return None
         rows.append(row)
+        if todo[i - 1]:
+            spent += time.perf_counter() - t_cell
+            planned += expected[i - 1]
+        print(
+            progress_line(
+                i,
+                len(cells),
+                time.perf_counter() - t0,
+                _eta(expected[i:], todo[i:], spent, planned),
+            ),
+            flush=True,
+        )
     return rows
+
+
+def _eta(expected: list[float], todo: list[bool], spent: float, planned: float):
+    """Seconds left: estimates of the cells still to run, scaled by the
+    measured/estimated ratio so far (None without estimates)."""
+    rest = sum(e for e, t in zip(expected, todo, strict=True) if t)
+    if not any(expected) and any(todo):
+        return None
+    return rest * (spent / planned if planned > 0 else 1.0)
+
+
+def progress_line(done: int, total: int, elapsed: float, eta: float | None) -> str:
+    """``cells 3/30 done | elapsed 5m10s | ETA 40m00s``."""
+    left = "unknown" if eta is None else fmt_time(eta)
+    return f"  cells {done}/{total} done | elapsed {fmt_time(elapsed)} | ETA {left}"
 
 
 def matrix_parser(

@@ -11,7 +11,8 @@ Measured side by side in one run, on the same data, model and steps:
 
 The ratio (1) / (2) is Flower's overhead. While (1) runs, a sampler reads the
 peak resident memory (``VmHWM``) of every ClientApp actor and of the ServerApp
-process from ``/proc``.
+process from ``/proc`` (only processes this benchmark started:
+``benchmarks.memory``).
 
     python -m benchmarks.overhead [--rounds 3] [--clients 10] [--samples 2000]
 """
@@ -22,13 +23,13 @@ import argparse
 import multiprocessing
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from benchmarks.memory import TreeMemory
 from client_app.training import LocalSettings, train
 from common.config import RunConfig
 from common.federation import client_tensors, local_training_config, make_model
@@ -36,37 +37,6 @@ from common.io import read_jsonl
 from deploy.local_sim import app_defaults, run_simulation
 
 APP_DIR = Path(__file__).resolve().parents[1]
-
-
-class PeakMemory(threading.Thread):
-    """Polls /proc for the peak RSS of processes whose command line matches."""
-
-    def __init__(self, patterns: dict[str, str], interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.patterns, self.interval = patterns, interval
-        self.peak_mb: dict[str, float] = {k: 0.0 for k in patterns}
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            for proc in Path("/proc").glob("[0-9]*"):
-                try:
-                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    if not cmd:
-                        continue
-                    for name, pattern in self.patterns.items():
-                        if pattern in cmd:
-                            for line in (proc / "status").read_text().splitlines():
-                                if line.startswith("VmHWM:"):
-                                    mb = int(line.split()[1]) / 1024
-                                    self.peak_mb[name] = max(self.peak_mb[name], mb)
-                except OSError:
-                    continue
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
 
 
 def _worker_init() -> None:
@@ -80,8 +50,8 @@ def _train_client(cfg: RunConfig, pid: int, state: dict, seed: int) -> tuple[dic
     model.load_state_dict(state)
     # exactly the settings the server sends its clients
     settings = LocalSettings.from_config(local_training_config(cfg))
-    train(model, x, y, settings, seed=seed)
-    return model.state_dict(), len(y)
+    train(model, x, y, settings, seed=seed, device=cfg.device, augment=cfg.augment)
+    return {k: v.cpu() for k, v in model.state_dict().items()}, len(y)
 
 
 def plain_pytorch_rounds(cfg: RunConfig, rounds: int, workers: int = 2) -> list[float]:
@@ -124,6 +94,72 @@ def _worker_init_data(cfg: RunConfig) -> None:
     client_tensors(cfg, 0)
 
 
+def measure_overhead(
+    rounds: int,
+    clients: int,
+    samples: int,
+    out: Path,
+    method: str = "fedavg",
+    base: dict | None = None,
+) -> dict | None:
+    """Both sides, one after the other; medians, peak memory and raw rounds.
+
+    ``base``: run-config keys of the data and model (e.g. a results profile's
+    dataset and width). None if the simulation failed (its log is printed).
+    """
+    overrides = {
+        **(base or {}),
+        "method": method,
+        "num-clients": clients,
+        "partitioner": "iid",
+        "num-server-rounds": rounds,
+        "max-samples-per-client": samples,
+        "output-dir": str(out / "runs"),
+        "run-name": f"{method}-overhead-{time.strftime('%Y%m%d-%H%M%S')}",
+    }
+    cfg = RunConfig.from_run_config({**app_defaults(APP_DIR), **overrides})
+    print(
+        f"[1/2] Flower simulation: {rounds} rounds x {clients} clients x "
+        f"{samples} samples",
+        flush=True,
+    )
+    with TreeMemory() as sampler:
+        result = run_simulation(APP_DIR, overrides, stream=False)
+    if not result.ok:
+        print(result.output[-3000:], file=sys.stderr)
+        return None
+    rows = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if r["round"] > 0]
+    flower_train = [r["round-seconds"] - r["eval-seconds"] for r in rows]
+    print(
+        "[2/2] plain PyTorch, same steps, 2 worker processes x 1 torch thread",
+        flush=True,
+    )
+    plain = plain_pytorch_rounds(cfg, rounds)
+    # Round 1 pays one-off costs (actor start, data load); report the rest.
+    steady = slice(1, None) if rounds > 1 else slice(None)
+    steps = sum(
+        -(-len(client_tensors(cfg, pid)[1]) // cfg.batch_size) for pid in range(clients)
+    )
+    return {
+        "method": method,
+        "rounds": rounds,
+        "clients": clients,
+        "samples": samples,
+        "model-width": cfg.model_width,
+        "batch-size": cfg.batch_size,
+        "steps-per-round": steps,
+        "flower-round-s": statistics.median([r["round-seconds"] for r in rows][steady]),
+        "flower-train-s": statistics.median(flower_train[steady]),
+        "eval-s": statistics.median([r["eval-seconds"] for r in rows][steady]),
+        "plain-s": statistics.median(plain[steady]),
+        "client-peak-mb": sampler.peak_mb["client"],
+        "server-peak-mb": sampler.peak_mb["server"],
+        "simulation-wall-s": result.seconds,
+        "flower-train-rounds": flower_train,
+        "plain-rounds": plain,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.overhead",
@@ -137,67 +173,27 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=APP_DIR / "benchmarks" / "results" / "overhead"
     )
     args = parser.parse_args(argv)
-
-    overrides = {
-        "method": "fedavg",
-        "num-clients": args.clients,
-        "partitioner": "iid",
-        "num-server-rounds": args.rounds,
-        "max-samples-per-client": args.samples,
-        "output-dir": str(args.out / "runs"),
-        "run-name": f"fedavg-overhead-{time.strftime('%Y%m%d-%H%M%S')}",
-    }
-    cfg = RunConfig.from_run_config({**app_defaults(APP_DIR), **overrides})
-
-    print(
-        f"[1/2] Flower simulation: {args.rounds} rounds x {args.clients} clients x "
-        f"{args.samples} samples",
-        flush=True,
-    )
-    sampler = PeakMemory({"client": "ClientAppActor", "server": "flwr-simulation"})
-    sampler.start()
-    result = run_simulation(APP_DIR, overrides, stream=False)
-    sampler.stop()
-    if not result.ok:
-        print(result.output[-3000:], file=sys.stderr)
+    m = measure_overhead(args.rounds, args.clients, args.samples, args.out)
+    if m is None:
         return 1
-    rows = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if r["round"] > 0]
-    flower_train = [r["round-seconds"] - r["eval-seconds"] for r in rows]
-    flower_round = [r["round-seconds"] for r in rows]
-    eval_s = [r["eval-seconds"] for r in rows]
-
-    print(
-        "[2/2] plain PyTorch, same steps, 2 worker processes x 1 torch thread",
-        flush=True,
-    )
-    plain = plain_pytorch_rounds(cfg, args.rounds)
-
-    # Round 1 pays one-off costs (actor start, data load); report the rest.
-    steady = slice(1, None) if args.rounds > 1 else slice(None)
-    f_med = statistics.median(flower_train[steady])
-    p_med = statistics.median(plain[steady])
-    steps = sum(
-        -(-len(client_tensors(cfg, pid)[1]) // cfg.batch_size)
-        for pid in range(args.clients)
-    )
     report = (
         f"FedAvg, {args.clients} clients x {args.samples} samples, ResNet-10 width "
-        f"{cfg.model_width}, batch {cfg.batch_size}, {steps} SGD steps per round, "
-        f"{args.rounds} rounds (median of rounds 2..{args.rounds})\n\n"
+        f"{m['model-width']}, batch {m['batch-size']}, {m['steps-per-round']} SGD steps "
+        f"per round, {args.rounds} rounds (median of rounds 2..{args.rounds})\n\n"
         "| measure | value |\n|---|---|\n"
-        f"| Flower round, whole (train + central eval) | {statistics.median(flower_round[steady]):.1f} s |\n"
-        f"| Flower round, training phase | {f_med:.1f} s |\n"
-        f"| central evaluation (10k test images) | {statistics.median(eval_s[steady]):.1f} s |\n"
-        f"| plain PyTorch, same steps + averaging | {p_med:.1f} s |\n"
-        f"| **ratio Flower training phase / plain PyTorch** | **{f_med / p_med:.2f}x** (target <= 1.3x) |\n"
-        f"| peak RSS of one ClientApp process (Ray actor) | {sampler.peak_mb['client']:.0f} MB |\n"
-        f"| peak RSS of the ServerApp process | {sampler.peak_mb['server']:.0f} MB |\n"
-        f"| whole simulation wall time (incl. SuperLink + Ray start) | {result.seconds:.0f} s |\n"
+        f"| Flower round, whole (train + central eval) | {m['flower-round-s']:.1f} s |\n"
+        f"| Flower round, training phase | {m['flower-train-s']:.1f} s |\n"
+        f"| central evaluation (10k test images) | {m['eval-s']:.1f} s |\n"
+        f"| plain PyTorch, same steps + averaging | {m['plain-s']:.1f} s |\n"
+        f"| **ratio Flower training phase / plain PyTorch** | **{m['flower-train-s'] / m['plain-s']:.2f}x** (target <= 1.3x) |\n"
+        f"| peak RSS of one ClientApp process (Ray actor) | {m['client-peak-mb']:.0f} MB |\n"
+        f"| peak RSS of the ServerApp process | {m['server-peak-mb']:.0f} MB |\n"
+        f"| whole simulation wall time (incl. SuperLink + Ray start) | {m['simulation-wall-s']:.0f} s |\n"
         "\nBoth sides use the same parallelism: Flower runs 2 ClientApp actors at a "
         "time (1 CPU each); the plain loop runs 2 worker processes with 1 torch "
         "thread each. Round 1 is left out of the medians (actor and worker start).\n"
-        f"\nFlower per-round training phase: {[round(t, 1) for t in flower_train]} s; "
-        f"plain: {[round(t, 1) for t in plain]} s\n"
+        f"\nFlower per-round training phase: {[round(t, 1) for t in m['flower-train-rounds']]} s; "
+        f"plain: {[round(t, 1) for t in m['plain-rounds']]} s\n"
     )
     print("\n" + report)
     args.out.mkdir(parents=True, exist_ok=True)

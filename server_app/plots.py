@@ -78,3 +78,44 @@ def plot_partition_heatmap(
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_curves_panels(
+    panels: dict[str, dict[str, tuple[Sequence[int], np.ndarray, np.ndarray]]],
+    title: str,
+    path: Path,
+    ylabel: str = "global test accuracy (%)",
+) -> None:
+    """One panel per key, one line per series: mean per round with a +-std band.
+
+    ``panels[panel][series] = (rounds, mean, std)``, values as fractions
+    (plotted in %); a zero std draws no band.
+    """
+    names = list(panels)
+    cols = min(3, max(1, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True
+    )
+    for ax, name in zip(axes.flat, names, strict=False):
+        for i, (series, (rounds, mean, std)) in enumerate(panels[name].items()):
+            color = f"C{i % 10}"
+            mean, std = np.asarray(mean) * 100, np.asarray(std) * 100
+            ax.plot(rounds, mean, color=color, label=series, lw=1.4)
+            if np.any(std > 0):
+                ax.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    ncol = min(len(labels), 3 * cols)  # legend rows fit the figure's width
+    legend_rows = -(-len(labels) // max(1, ncol))
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, ncol), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05 * legend_rows / rows + 0.03, 1, 1))
+    _save(fig, path)
