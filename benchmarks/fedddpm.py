@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             for method in args.methods:
                 name = f"{method}-{scenario}-seed{seed}-r{args.rounds}"
                 run_dir = runs / name
+                if run_dir.exists() and not (run_dir / "summary.json").exists():
+                    # An interrupted cell: keep it aside, rerun from scratch.
+                    run_dir.rename(
+                        run_dir.with_name(f"{name}.stale-{int(time.time())}")
+                    )
                 if not (run_dir / "summary.json").exists():
                     print(f"== {name}", flush=True)
                     result = run_simulation(
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Fashion-MNIST, {args.clients} clients, {', '.join(args.scenarios)}, seeds "
         f"{args.seeds}, {args.rounds} rounds, all clients every round, cap "
         f"{args.max_samples_per_client or 'none'} samples/client; public split "
-        "10000 (server-held). Diffusion: pyproject defaults (docs/fedddpm.md)"
+        f"{extra.get('public-split-size', 10000)} (server-held). Diffusion: pyproject defaults (docs/fedddpm.md)"
         + (f"; overrides: {' '.join(args.set)}" if args.set else "")
         + ". Times are wall seconds on a shared 2-core CPU box (other jobs ran)."
     )

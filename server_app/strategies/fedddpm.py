@@ -140,7 +140,9 @@ class FedDDPM(FedAvg):
         t0 = time.perf_counter()
         arrays, metrics = super().aggregate_train(server_round, replies)
         info: dict[str, Any] = {"aggregate-seconds": time.perf_counter() - t0}
-        if arrays is not None:
+        if arrays is not None and self.correction == "never":
+            info["corrected"] = False  # the baseline: FedAvg's mean as it is
+        elif arrays is not None:
             arrays = self._correct(server_round, arrays, info)
         if self.round_log is not None:
             self.round_log(info)
