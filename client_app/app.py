@@ -9,12 +9,13 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.diffusion_training import diffusion_train
 from client_app.guidance import guidance_for
 from client_app.latents import answer_query, opted_in, with_uploaded_features
 from client_app.training import LocalSettings
 from client_app.training import train as train_fn
 from common import keys
-from common.config import RunConfig
+from common.config import DIFFUSION_METHODS, RunConfig
 from common.datasets import get_spec
 from common.evaluation import evaluate as evaluate_fn
 from common.federation import (
@@ -66,6 +67,9 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
+    run_cfg = RunConfig.from_run_config(context.run_config)
+    if run_cfg.method in DIFFUSION_METHODS:  # FedDDPM: the model is a U-Net
+        return diffusion_train(msg, context, run_cfg)
     cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)
     settings = LocalSettings.from_config(msg.content[keys.CONFIG])
     # FedDifRC: this node's rows of the feature store, or (latent upload) its

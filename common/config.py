@@ -37,6 +37,12 @@ FEDDIFRC_FEATURES = {
     "VAE latents and get their features back (deployment)",
 }
 
+DIFFUSION_METHODS = ("fedddpm-avg", "fedddpm", "fedddpm+")
+"""Methods whose federated model is the latent diffusion U-Net (docs/fedddpm.md)."""
+
+ADAPT_METHODS = ("fedavg-adapt", "fedavg-adapt+")
+"""Classification with server-side classifier adaptation on generated images (ours)."""
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -107,6 +113,26 @@ class RunConfig:
     eval_batch_size: int = 1000
     output_dir: str = "outputs"
     run_name: str = ""
+    # FedDDPM / FedDDPM+ and classifier adaptation (docs/fedddpm.md). Paper
+    # values are unknown (notes/papers.md section 3.4): these are cpu-profile
+    # defaults of ours, not the paper's.
+    ddpm_unet_channels: str = "16,32,32,32"
+    ddpm_pretrain_steps: int = 100
+    ddpm_local_steps: int = 20
+    ddpm_batch_size: int = 32
+    ddpm_lr: float = 1e-3
+    ddpm_prompt_dropout: float = 0.1
+    aux_size: int = 1000
+    aux_steps: int = 20
+    aux_lr: float = 5e-4
+    adapt_steps: int = 20
+    adapt_lr: float = 0.01
+    trigger_window: int = 2
+    trigger_eps: float = 0.02
+    sample_steps: int = 10
+    sample_guidance_scale: float = 2.0
+    measure_samples: int = 200
+    heldout_size: int = 500
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -226,6 +252,7 @@ class RunConfig:
             "'cpu', 'cuda' or 'cuda:N'",
         )
         _check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")
+        self._validate_fedddpm()
 
     @property
     def guidance_up_blocks(self) -> tuple[int, ...]:
@@ -362,6 +389,89 @@ class RunConfig:
                 "the path of the CA certificate that signed the service's "
                 "certificate (required with guidance-service; TLS is not optional)",
             )
+
+
+    @property
+    def ddpm_channels(self) -> tuple[int, ...]:
+        """``ddpm-unet-channels`` parsed, e.g. (16, 32, 32, 32)."""
+        return parse_channels(self.ddpm_unet_channels)
+
+    def _validate_fedddpm(self) -> None:
+        """FedDDPM and classifier-adaptation keys (checked for every method)."""
+        try:
+            parse_channels(self.ddpm_unet_channels)
+        except ValueError as exc:
+            raise ConfigError(
+                f"run-config 'ddpm-unet-channels' = {self.ddpm_unet_channels!r} is "
+                f"invalid; expected 2 to 5 comma-separated multiples of 8 like "
+                f"'16,32,32,32' ({exc})"
+            ) from None
+        for key in ("ddpm-local-steps", "ddpm-batch-size", "sample-steps"):
+            value = getattr(self, key.replace("-", "_"))
+            _check(value >= 1, key, value, "an int >= 1")
+        for key in ("ddpm-pretrain-steps", "aux-steps", "adapt-steps"):
+            value = getattr(self, key.replace("-", "_"))
+            _check(value >= 0, key, value, "an int >= 0")
+        for key in ("ddpm-lr", "aux-lr", "adapt-lr"):
+            value = getattr(self, key.replace("-", "_"))
+            _check(value > 0, key, value, "a float > 0")
+        _check(
+            0 <= self.ddpm_prompt_dropout < 1,
+            "ddpm-prompt-dropout",
+            self.ddpm_prompt_dropout,
+            "a float in [0, 1) (share of empty prompts, for classifier-free guidance)",
+        )
+        _check(
+            self.sample_guidance_scale >= 1,
+            "sample-guidance-scale",
+            self.sample_guidance_scale,
+            "a float >= 1 (1 = no classifier-free guidance)",
+        )
+        _check(
+            self.trigger_window >= 1,
+            "trigger-window",
+            self.trigger_window,
+            "an int >= 1 (rounds over which the relative loss drop is measured)",
+        )
+        _check(
+            0 <= self.trigger_eps < 1,
+            "trigger-eps",
+            self.trigger_eps,
+            "a float in [0, 1) (relative loss drop below which learning is slow)",
+        )
+        needs = self.method in DIFFUSION_METHODS or self.method in ADAPT_METHODS
+        if not needs:
+            return
+        for key in ("measure-samples", "heldout-size"):
+            value = getattr(self, key.replace("-", "_"))
+            _check(value >= 1, key, value, f"an int >= 1 for method '{self.method}'")
+        if self.dataset in DATASETS:
+            num_classes = get_spec(self.dataset).num_classes
+            _check(
+                self.aux_size >= num_classes,
+                "aux-size",
+                self.aux_size,
+                f"an int >= {num_classes} (the classes of {self.dataset})",
+            )
+        if self.public_split_size < self.heldout_size:
+            raise ConfigError(
+                f"method '{self.method}' needs the server-held public split for its "
+                f"slow-learning check and its frozen VAE: set public-split-size >= "
+                f"heldout-size={self.heldout_size} (got {self.public_split_size})"
+            )
+
+
+def parse_channels(text: str) -> tuple[int, ...]:
+    """``"16,32,32,32"`` -> (16, 32, 32, 32): 2 to 5 multiples of 8."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if any(not p.isdigit() for p in parts):
+        raise ValueError("comma-separated positive ints")
+    channels = tuple(int(p) for p in parts)
+    if not 2 <= len(channels) <= 5:
+        raise ValueError(f"{len(channels)} blocks")
+    if any(c < 8 or c % 8 for c in channels):
+        raise ValueError("each a multiple of 8 (GroupNorm uses 8 groups)")
+    return channels
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

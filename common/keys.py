@@ -60,6 +60,16 @@ COND = "cond"  # (N, S, d) features under S prompts; COND_CLASSES (N, S) their c
 COND_CLASSES = "cond-classes"
 NOISE = "noise"  # (N, d) features under the true-class prompt
 
+# FedDDPM (docs/fedddpm.md): diffusion-training settings in the train config
+DDPM_PHASE = "ddpm-phase"  # "pretrain" (phase a, once) or "round"
+DDPM_STEPS = "ddpm-steps"
+DDPM_LR = "ddpm-lr"
+DDPM_BATCH_SIZE = "ddpm-batch-size"
+DDPM_PROMPT_DROPOUT = "ddpm-prompt-dropout"
+TEXT_STATES = "text-states"  # extra ArrayRecord: (C + 1, L, w) prompt states
+CLASS_COUNTS = "class-counts"  # phase-a reply metric: the client's label counts
+TRAIN_DDPM_LOSS = "train-ddpm-loss"
+
 # Client reply metrics
 TRAIN_LOSS = "train-loss"
 TRAIN_CE = "train-ce"

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common import keys
-from common.config import RunConfig
+from common.config import DIFFUSION_METHODS, RunConfig
 from common.datasets import get_spec, load_dataset, to_float
 from common.evaluation import evaluate, linear_probe
 from common.federation import (
@@ -20,6 +20,7 @@ from common.federation import (
     test_tensors,
 )
 from common.io import atomic_write_json
+from server_app.fedddpm import run_fedddpm
 from server_app.guidance import guidance_kwargs
 from server_app.reporting import RunRecorder
 from server_app.strategies import get_strategy_class
@@ -33,6 +34,9 @@ def main(grid: Grid, context: Context) -> None:
     # Everything that can be wrong with the config or the data fails here,
     # before any client trains.
     cfg = RunConfig.from_run_config(context.run_config)
+    if cfg.method in DIFFUSION_METHODS:  # the model is a diffusion U-Net
+        run_fedddpm(grid, cfg)
+        return
     strategy_cls = get_strategy_class(cfg.method)
     device = resolve_device(cfg.device)
     spec = get_spec(cfg.dataset)
@@ -83,6 +87,8 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_metrics_aggr_fn=recorder.aggregate_validation_metrics,
         **guidance,
     )
+    if hasattr(strategy, "round_log"):  # server-side correction (fedavg-adapt)
+        strategy.round_log = recorder.note_server
     train_config = ConfigRecord(local_training_config(cfg))
     result = strategy.start(
         grid=grid,

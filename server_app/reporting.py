@@ -60,6 +60,7 @@ class RunRecorder:
         self.accuracy: list[float] = []
         self._pending_train: dict[str, Any] = {}
         self._pending_validation: dict[str, Any] = {}
+        self._pending_server: dict[str, Any] = {}
         self.validation: list[float | None] = []
         self._t_start = time.perf_counter()
         self._t_last = self._t_start
@@ -122,6 +123,10 @@ class RunRecorder:
         self._pending_validation["clients"] = len(records)
         return aggregated
 
+    def note_server(self, values: dict[str, Any]) -> None:
+        """Server-side work of this round (e.g. a correction), for its metrics line."""
+        self._pending_server.update(values)
+
     def check_round_trained(self, server_round: int) -> None:
         """Fail the run when no client returned a training result this round.
 
@@ -156,6 +161,8 @@ class RunRecorder:
         }
         if self._pending_validation:
             row["validation"] = self._pending_validation
+        if self._pending_server:
+            row["server"] = self._pending_server
         self.validation.append(self._pending_validation.get(keys.EVAL_ACCURACY))
         append_jsonl(self.metrics_path, row)
         plot_accuracy(
@@ -183,6 +190,7 @@ class RunRecorder:
         )
         self._pending_train = {}
         self._pending_validation = {}
+        self._pending_server = {}
         self._t_last = time.perf_counter()
 
     def _validation_summary(self) -> dict[str, Any]:

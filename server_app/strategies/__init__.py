@@ -10,6 +10,8 @@ from __future__ import annotations
 from flwr.serverapp.strategy import Strategy
 
 from server_app.strategies.fedavg import FedAvg
+from server_app.strategies.fedavg_adapt import FedAvgAdapt, FedAvgAdaptPlus
+from server_app.strategies.fedddpm import FedDDPM, FedDDPMAvg, FedDDPMPlus
 from server_app.strategies.feddifrc import FedDifRC
 from server_app.strategies.fedprox import FedProx
 from server_app.strategies.moon import Moon
@@ -17,6 +19,11 @@ from server_app.strategies.semanticfl import SemanticFL
 
 __all__ = [
     "FedAvg",
+    "FedAvgAdapt",
+    "FedAvgAdaptPlus",
+    "FedDDPM",
+    "FedDDPMAvg",
+    "FedDDPMPlus",
     "FedDifRC",
     "FedProx",
     "Moon",
@@ -31,6 +38,13 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "moon": Moon,
     "feddifrc": FedDifRC,
     "semanticfl": SemanticFL,
+    # docs/fedddpm.md: the model is a latent diffusion U-Net (server_app/fedddpm.py)
+    "fedddpm-avg": FedDDPMAvg,
+    "fedddpm": FedDDPM,
+    "fedddpm+": FedDDPMPlus,
+    # classification + server-side classifier adaptation on generated images (ours)
+    "fedavg-adapt": FedAvgAdapt,
+    "fedavg-adapt+": FedAvgAdaptPlus,
 }
 
 
