@@ -25,7 +25,14 @@ from benchmarks.matrix import APP_DIR, SCENARIOS, VARIANTS
 from deploy.local_sim import resolve_config
 
 # The methods compared, in table order; FedAvg first (the gains' reference).
-METHODS: tuple[str, ...] = ("fedavg", "fedprox", "moon", "feddifrc", "semanticfl")
+METHODS: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "moon",
+    "feddifrc",
+    "semanticfl",
+    "fedavg-adapt",  # FedDDPM-style classifier adaptation (ours, docs/fedddpm.md)
+)
 REFERENCE = "fedavg"
 
 # Client splits: the matrix's, plus the papers' middle Dirichlet level (NID1
@@ -271,6 +278,9 @@ CPU_COST = CostModel(
         "moon": 1.8,
         "feddifrc": 1.05,
         "semanticfl": 1.1,
+        # ~0.5 s of server fine-tuning per round + generating the set once
+        # (benchmarks/results/fedddpm; an estimate, not a clean measurement)
+        "fedavg-adapt": 1.1,
     },
     extraction_s_per_sample=297 / 25_669,
     anchors_s=20.0,
