@@ -23,6 +23,7 @@ from benchmarks.matrix import (
     fmt_time,
     matrix_parser,
     run_matrix,
+    set_overrides,
     write_csv,
 )
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         out="baselines",
     )
     args = parser.parse_args(argv)
-    base = base_config(args)
+    base = {**base_config(args), **set_overrides(args)}
     t_all = time.perf_counter()
     rows = run_matrix(
         args.methods, args.scenarios, args.seeds, base, args.rounds, args.out / "runs"

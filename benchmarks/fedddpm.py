@@ -21,9 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flwr.common.config import parse_config_args
 
-from benchmarks.matrix import APP_DIR, SCENARIOS, base_config, fmt_time, matrix_parser
+from benchmarks.matrix import (
+    APP_DIR,
+    SCENARIOS,
+    base_config,
+    fmt_time,
+    matrix_parser,
+    set_overrides,
+)
 from common.config import DIFFUSION_METHODS
 from deploy.local_sim import run_simulation
 
@@ -152,15 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         out="fedddpm",
     )
     parser.set_defaults(rounds=10)
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra run-config overrides applied to every cell (TOML values)",
-    )
     args = parser.parse_args(argv)
-    extra = parse_config_args([" ".join(args.set)] if args.set else None)
+    extra = set_overrides(args)
     runs = args.out / "runs"
     t0 = time.perf_counter()
     results = []

@@ -21,7 +21,6 @@ import sys
 import time
 from typing import Any
 
-from flwr.common.config import parse_config_args
 
 from benchmarks.matrix import (
     APP_DIR,
@@ -30,6 +29,7 @@ from benchmarks.matrix import (
     fmt_time,
     matrix_parser,
     run_matrix,
+    set_overrides,
     write_csv,
 )
 
@@ -90,13 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         out="guided",
     )
     parser.add_argument("--public-split-size", type=int, default=10_000)
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra run-config overrides applied to every cell (TOML values)",
-    )
     args = parser.parse_args(argv)
 
     base = {
@@ -106,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         # One store for every cell: the extreme split reuses the features of
         # samples the Dirichlet cells already extracted.
         "feature-store": str(APP_DIR / "outputs" / "feature-store"),
-        **parse_config_args([" ".join(args.set)] if args.set else None),
+        **set_overrides(args),
     }
     t0 = time.perf_counter()
     rows = run_matrix(

@@ -328,7 +328,21 @@ def matrix_parser(
     parser.add_argument(
         "--out", type=Path, default=APP_DIR / "benchmarks" / "results" / out
     )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run-config overrides applied to every cell (TOML values)",
+    )
     return parser
+
+
+def set_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config overrides of ``--set`` (Flower's parser: TOML values)."""
+    from flwr.common.config import parse_config_args
+
+    return parse_config_args([" ".join(args.set)] if args.set else None)
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
