@@ -7,6 +7,7 @@ generated once before round 1 (``guidance-model``: the embedded model, a
 FedDDPM result folder, any diffusers-layout folder). ``fedavg-adapt`` does it
 every round; ``fedavg-adapt+`` only when the slow-learning trigger fires on
 the aggregate's cross-entropy over a seeded slice of the server's public split.
+An adaptation is kept only if that cross-entropy does not rise (also ours).
 No client data and no client model beyond FedAvg's leave the clients.
 """
 
@@ -81,7 +82,8 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
     generated : (Tensor, Tensor)
         Normalised generated images and their conditioning labels.
     validation : (Tensor, Tensor)
-        Server-held real images for the trigger's loss (public split slice).
+        Server-held real images (public split slice): the trigger's loss, and
+        the check that keeps an adaptation only if this loss does not rise.
     adapt_steps, adapt_lr, batch_size, seed :
         :func:`finetune_classifier`.
     trigger_window, trigger_eps :
@@ -166,15 +168,11 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
         info: dict[str, Any] = {"aggregate-seconds": time.perf_counter() - t0}
         if arrays is not None:
             self.model.load_state_dict(arrays.to_torch_state_dict())
-            loss = None
+            t0 = time.perf_counter()
+            loss = self.validation_loss()
             if self.schedule.needs_loss:
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    self.model.eval()
-                    x, y = self.validation
-                    loss = float(F.cross_entropy(self.model(x).logits, y))
                 info["trigger-loss"] = loss
-                info["trigger-seconds"] = time.perf_counter() - t0
+            info["trigger-seconds"] = time.perf_counter() - t0
             info["corrected"] = self.schedule.decide(server_round, loss)
             if info["corrected"]:
                 t0 = time.perf_counter()
@@ -187,12 +185,36 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
                     seed=mix_seed(self.seed, server_round, 23),
                 )
                 info["correction-seconds"] = time.perf_counter() - t0
-                arrays = ArrayRecord(
-                    {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                )
+                # Keep the adaptation only if the server's real images (the
+                # public-split slice) do not get worse: a one-shot fine-tune
+                # of a model that never saw generated images can wreck it
+                # (seen: fedavg-adapt+ fell to chance accuracy at round 9 of
+                # benchmarks/results/fedddpm-r10 before this check).
+                after = self.validation_loss()
+                info["validation-loss"] = {"before": loss, "after": after}
+                info["kept"] = after <= loss
+                if info["kept"]:
+                    arrays = ArrayRecord(
+                        {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    )
+                else:
+                    log(
+                        INFO,
+                        "Round %s: adaptation dropped: validation loss %.4f -> %.4f",
+                        server_round,
+                        loss,
+                        after,
+                    )
         if self.round_log is not None:
             self.round_log(info)
         return arrays, metrics
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Cross-entropy of the work model on the server's real validation slice."""
+        self.model.eval()
+        x, y = self.validation
+        return float(F.cross_entropy(self.model(x).logits, y))
 
     def summary(self) -> None:
         """Log the adaptation settings, then FedAvg's."""

@@ -1,0 +1,72 @@
+"""Classifier adaptation (ours): kept only when the server's real slice does not get worse."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+from common import keys
+from common.models import build_model
+from server_app.strategies import FedAvgAdapt
+
+
+def adapt_one_round(generated_labels, lr: float):
+    """One aggregation of a single client's model, then the adaptation.
+
+    The generated set is the validation images themselves with the given
+    labels: the true ones (the fine-tune can only help) or shifted ones
+    (it can only hurt).
+    """
+    torch.manual_seed(0)
+    model = build_model("resnet10", 1, 3, 4, 28)
+    y = torch.arange(48) % 3
+    x = torch.randn(48, 1, 28, 28) + y.view(-1, 1, 1, 1).float()  # learnable classes
+    strategy = FedAvgAdapt(
+        model=model,
+        generated=(x, generated_labels(y)),
+        validation=(x, y),
+        adapt_steps=15,
+        adapt_lr=lr,
+        batch_size=16,
+        trigger_window=2,
+        trigger_eps=0.02,
+        seed=0,
+    )
+    logged = []
+    strategy.round_log = logged.append
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    query = Message(content=RecordDict(), message_type="train", dst_node_id=1)
+    reply = Message(
+        content=RecordDict(
+            {
+                keys.ARRAYS: ArrayRecord(state),
+                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 48}),
+            }
+        ),
+        reply_to=query,
+    )
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    return arrays, state, logged[0]
+
+
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("lr", [0.05, 0.5], ids=["hurts", "diverges"])
+def test_an_adaptation_that_hurts_the_real_slice_is_dropped(lr):
+    arrays, sent, info = adapt_one_round(lambda y: (y + 1) % 3, lr=lr)
+    assert info["corrected"] and not info["kept"]
+    after, before = info["validation-loss"]["after"], info["validation-loss"]["before"]
+    assert not after <= before  # higher, or NaN when the fine-tune diverged
+    got = arrays.to_torch_state_dict()
+    for name, tensor in sent.items():
+        np.testing.assert_array_equal(
+            got[name].numpy(), tensor.numpy().astype(got[name].numpy().dtype)
+        )
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_an_adaptation_that_helps_is_kept():
+    arrays, sent, info = adapt_one_round(lambda y: y, lr=0.1)
+    assert info["corrected"] and info["kept"]
+    assert info["validation-loss"]["after"] < info["validation-loss"]["before"]
+    got = arrays.to_torch_state_dict()
+    assert any(not torch.equal(got[k], sent[k].to(got[k].dtype)) for k in sent)
