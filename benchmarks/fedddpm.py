@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
+from benchmarks.machine import hardware
 from benchmarks.matrix import (
     APP_DIR,
     SCENARIOS,
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_samples_per_client or 'none'} samples/client; public split "
         f"{extra.get('public-split-size', 10000)} (server-held). Diffusion: pyproject defaults (docs/fedddpm.md)"
         + (f"; overrides: {' '.join(args.set)}" if args.set else "")
-        + ". Times are wall seconds on a shared 2-core CPU box (other jobs ran)."
+        + f". Times are wall seconds. Machine: {hardware()}."
     )
     text = report(results, header)
     text += (

@@ -21,7 +21,6 @@ import sys
 import time
 from typing import Any
 
-
 from benchmarks.matrix import (
     APP_DIR,
     LAST_K,

@@ -9,7 +9,7 @@ profile that changes a paper setting without declaring it.
 - ``paper``: the papers' protocol on a GPU (CIFAR-10, Stable Diffusion from a
   folder the user names, ResNet-10 at full width, 10 clients with 5 per round,
   50 rounds of 10 local epochs);
-- ``reduced``: what 2 idle CPU cores finish in about two hours (Fashion-MNIST,
+- ``reduced``: what 2 idle CPU cores finish in about 2 h 15 min (Fashion-MNIST,
   the embedded guidance model, ResNet-10 at width 16);
 - ``smoke``: a few minutes, to check the whole pipeline end to end.
 
@@ -129,6 +129,7 @@ class CostModel:
     method_factor: dict[str, float]
     extraction_s_per_sample: float  # FedDifRC: every client sample, 10 prompts
     anchors_s: float  # SemanticFL: class anchors per cell
+    generation_s: float  # fedavg-adapt: its labelled images, once per cell
     source: str
 
 
@@ -252,6 +253,8 @@ class Profile:
                 seconds += new * c.extraction_s_per_sample
             if method.startswith("semanticfl"):
                 seconds += c.anchors_s
+            if method.startswith("fedavg-adapt"):
+                seconds += c.generation_s
             out.append(seconds)
         return out
 
@@ -262,31 +265,32 @@ def _dev(what: str, here: str, why: str) -> Deviation:
     return Deviation(what, str(paper[what]), here, why)
 
 
-# Measured on this machine (benchmarks/results/guided-timing and overhead, idle
-# 2 cores): a FedAvg round of 10 clients x 3,000 samples, 1 epoch, 14.4 s of
-# which 3.8 s central evaluation -> 10.6 s / 30,000 samples; FedDifRC
-# extraction 297 s for 25,669 samples x 10 prompts; SemanticFL anchors 19 s;
-# a simulation's start (SuperLink, Ray, data) about 25 s. FedProx and MOON
-# factors: the smoke profile's own cells (docs/results.md).
+# Fitted to the reduced profile's own 36 cells (benchmarks/results/reduced/
+# cells.csv, idle 2 cores, 2026-11-24): a FedAvg round of 5 clients x 1,500
+# samples x 2 epochs takes 11.5 s, of which 3.5 s central evaluation -> 7.9 s /
+# 15,000 samples; the method factors are the training phase over FedAvg's
+# there; fedavg-adapt's one-off generation about 23 s; a cell's start (flwr
+# run, SuperLink, Ray, data) about 30 s. FedDifRC's extraction into an empty
+# store: 297 s for 25,669 samples x 10 prompts (benchmarks/results/guided-timing);
+# SemanticFL's anchors about 4 s once the projection is in the store.
 CPU_COST = CostModel(
     startup_s=30.0,
-    eval_s=3.8,
-    train_s_per_sample=10.6 / 30_000,
+    eval_s=3.5,
+    train_s_per_sample=7.9 / 15_000,
     method_factor={
         "fedavg": 1.0,
-        "fedprox": 1.3,
-        "moon": 1.8,
-        "feddifrc": 1.05,
-        "semanticfl": 1.1,
-        # ~0.5 s of server fine-tuning per round + generating the set once
-        # (benchmarks/results/fedddpm; an estimate, not a clean measurement)
-        "fedavg-adapt": 1.1,
+        "fedprox": 1.05,
+        "moon": 1.52,
+        "feddifrc": 0.95,
+        "semanticfl": 0.97,
+        "fedavg-adapt": 1.09,  # + ~0.7 s of server fine-tuning per round
     },
     extraction_s_per_sample=297 / 25_669,
-    anchors_s=20.0,
-    source="benchmarks/results/guided-timing, benchmarks/results/overhead "
-    "(idle 2-core machine); FedProx and MOON factors: upper guesses, see "
-    "docs/results.md",
+    anchors_s=4.0,
+    generation_s=23.0,
+    source="benchmarks/results/reduced/cells.csv (the reduced profile's own "
+    "cells, idle 2-core machine); FedDifRC extraction: benchmarks/results/"
+    "guided-timing",
 )
 
 _CPU_DEVIATIONS = (
@@ -337,7 +341,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "reduced": Profile(
         name="reduced",
-        description="the comparison 2 idle CPU cores finish in about two hours",
+        description="the comparison 2 idle CPU cores finish in about 2 h 15 min",
         methods=METHODS,
         scenarios=("dir0.05", "dir0.5", "extreme"),
         seeds=(0, 1),

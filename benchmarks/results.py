@@ -1,7 +1,7 @@
 """One command for the comparison table, the plots and the performance figures.
 
     python -m benchmarks.results --profile smoke               # minutes, end to end
-    python -m benchmarks.results --profile reduced             # ~2 h on 2 idle CPU cores
+    python -m benchmarks.results --profile reduced             # ~2 h 15 min on 2 idle CPU cores
     python -m benchmarks.results --profile paper \\
         --guidance-model /models/stable-diffusion-v1-5 --data-root /data  # GPU
     python -m benchmarks.results --profile reduced --estimate-only
@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import perf, report
+from benchmarks.machine import hardware
 from benchmarks.matrix import (
     APP_DIR,
     Cell,
@@ -160,34 +159,6 @@ def given_config(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
                 "here, very slowly)"
             )
     return given
-
-
-def hardware() -> str:
-    """CPU model, cores, memory, torch, GPU and the load while the report ran."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(
-            int(ln.split()[1]) / 1024**2
-            for ln in Path("/proc/meminfo").read_text().splitlines()
-            if ln.startswith("MemTotal")
-        )
-        mem_text = f", {mem:.0f} GB RAM"
-    except (OSError, StopIteration):
-        mem_text = ""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu}, {os.cpu_count()} cores{mem_text}, {gpu}; {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, torch "
-        f"{torch.__version__}. Load average (1, 5, 15 min) when the report was "
-        f"written: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (above the core "
-        "count = other jobs shared the machine; times are then upper bounds)"
-    )
 
 
 def _repo_path(path: Path) -> str:

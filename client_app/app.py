@@ -71,10 +71,10 @@ def train(msg: Message, context: Context) -> Message:
     if run_cfg.method in DIFFUSION_METHODS:  # FedDDPM: the model is a U-Net
         return diffusion_train(msg, context, run_cfg)
     cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)
-    settings = LocalSettings.from_config(msg.content[keys.CONFIG])
+    asked = LocalSettings.from_config(msg.content[keys.CONFIG])
     # FedDifRC: this node's rows of the feature store, or (latent upload) its
     # features from the server; SemanticFL: the anchors.
-    settings, uploaded = with_uploaded_features(msg, context.state, settings)
+    settings, uploaded = with_uploaded_features(msg, context.state, asked)
     guidance = guidance_for(msg, settings, indices, labels, uploaded)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
 
@@ -108,7 +108,8 @@ def train(msg: Message, context: Context) -> Message:
         context.state[keys.PREV_LOCAL_MODEL] = ArrayRecord(state)
 
     metrics[keys.NUM_EXAMPLES] = len(labels)
-    metrics[keys.INSTANCE_GUIDED] = int(settings.needs_instance_features)
+    if asked.needs_instance_features:  # FedDifRC: did its instance terms run?
+        metrics[keys.INSTANCE_GUIDED] = int(settings.needs_instance_features)
     content = RecordDict(
         {keys.ARRAYS: ArrayRecord(state), keys.METRICS: MetricRecord(metrics)}
     )

@@ -12,6 +12,9 @@ only decides what to compute from the run config:
   (``feddifrc-features = "latent-upload"``) a query round collects the VAE
   latents of the nodes that opted in instead, and each node's features ride
   in its train Messages (``server_app/latent_query.py``).
+- **fedavg-adapt / fedavg-adapt+** (ours): images generated once and a real
+  validation slice for the server-side classifier adaptation
+  (``server_app/adaptation.py``).
 
 The projection to d (the client model's embedding width) is fitted on the
 public split for both methods, so it never depends on a client's data.
@@ -47,6 +50,7 @@ from diffusion_service.embedded_model import (  # noqa: F401 (re-exported)
     embedded_candidates,
     resolve_guidance_model,
 )
+from server_app.adaptation import ADAPT_METHODS, prepare_adaptation
 
 if TYPE_CHECKING:
     from diffusion_service import Extractor, FeatureRecipe, Session
@@ -282,6 +286,9 @@ def guidance_kwargs(
     folder's ``guidance.json``. ``grid`` is needed for FedDifRC's
     latent-upload query round.
     """
+    if cfg.method in ADAPT_METHODS:  # generated images, made in process
+        kwargs, info = prepare_adaptation(cfg, split)
+        return kwargs, {"method": cfg.method, "guidance-model": cfg.guidance_model, **info}
     if cfg.method not in ("feddifrc", "semanticfl"):
         return {}, {}
     t0 = time.perf_counter()

@@ -70,3 +70,42 @@ def test_an_adaptation_that_helps_is_kept():
     assert info["validation-loss"]["after"] < info["validation-loss"]["before"]
     got = arrays.to_torch_state_dict()
     assert any(not torch.equal(got[k], sent[k].to(got[k].dtype)) for k in sent)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_the_adaptation_data_is_generated_once_and_validated_on_the_public_split(
+    defaults,
+):
+    from common.config import RunConfig
+    from common.datasets import get_spec, load_dataset, to_float
+    from common.federation import data_split
+    from server_app.guidance import guidance_kwargs
+
+    # Prepare: a tiny generation budget; the validation slice must come from
+    # the server-held public split, never from a client's partition.
+    cfg = RunConfig.from_run_config(
+        {
+            **defaults,
+            "method": "fedavg-adapt",
+            "aux-size": 10,
+            "sample-steps": 1,
+            "heldout-size": 12,
+        }
+    )
+    split = data_split(cfg)
+    spec = get_spec(cfg.dataset)
+
+    # Act
+    kwargs, record = guidance_kwargs(cfg, split)
+
+    # Assert
+    images, labels = kwargs["generated"]
+    assert images.shape == (10, spec.in_channels, spec.image_size, spec.image_size)
+    assert set(labels.tolist()) <= set(range(spec.num_classes))
+    x, y = kwargs["validation"]
+    assert len(y) == 12 and record["validation-images"] == 12
+    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    public = to_float(train.images[np.sort(split.public)], spec).flatten(1)
+    for row in x.flatten(1):  # every validation image is one of the public split's
+        assert (public == row).all(dim=1).any()
+    assert record["generated-images"] == 10 and record["method"] == "fedavg-adapt"

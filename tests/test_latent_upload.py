@@ -20,7 +20,12 @@ from client_app.guidance import instance_features, uploaded_features
 from client_app.latents import answer_query, held_features, opted_in
 from client_app.training import LocalSettings
 from common import keys
-from common.federation import client_indices, client_raw_images, client_tensors, data_split
+from common.federation import (
+    client_indices,
+    client_raw_images,
+    client_tensors,
+    data_split,
+)
 from diffusion_service import FeatureExtractor
 from diffusion_service.remote import encode_latents
 from diffusion_service.vae_encoder import VaeEncoder

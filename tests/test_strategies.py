@@ -35,18 +35,20 @@ def _fedddpm_prepared():
     return {"parts": parts, "aux": aux, "trigger_probe": Mock()}
 
 
+def _adaptation_prepared():
+    """What server_app/adaptation.py hands fedavg-adapt(+) (a stand-in)."""
+    import torch
+
+    images = (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
+    return {"generated": images, "validation": images}
+
+
 PREPARED = {
     "feddifrc": {"store_path": "/tmp/store"},
     "semanticfl": {"anchors": ANCHORS},
     **dict.fromkeys(("fedddpm", "fedddpm+", "fedddpm-avg"), _fedddpm_prepared()),
+    **dict.fromkeys(("fedavg-adapt", "fedavg-adapt+"), _adaptation_prepared()),
 }
-# fedavg-adapt(+) generate their labelled set in from_config: keep it tiny.
-SMALL = dict.fromkeys(
-    ("fedavg-adapt", "fedavg-adapt+"),
-    {"aux-size": 10, "sample-steps": 1, "heldout-size": 10},
-)
-
-
 class FakeGrid:
     """Only what FedAvg's sampling needs."""
 
@@ -65,7 +67,6 @@ def build(name: str, defaults: dict, overrides=None, **kwargs):
             **defaults,
             "method": name,
             **guided,
-            **SMALL.get(name, {}),
             **(overrides or {}),
         }
     )

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -27,10 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import Tensor, nn
 
 from common.config import RunConfig
-from common.datasets import get_spec, load_dataset, to_float
-from common.federation import data_split, make_model
-from diffusion_service.embedded_model import resolve_guidance_model
-from diffusion_service.federated.generate import generate_labelled
+from common.federation import make_model
 from diffusion_service.federated.trigger import CorrectionSchedule
 from diffusion_service.pretrain.data import mix_seed
 from server_app.strategies.update_guard import UpdateGuard
@@ -117,39 +113,9 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedAvgAdapt:
-        """Generate the labelled set once (``aux-size`` images) and build."""
-        spec = get_spec(cfg.dataset)
-        t0 = time.perf_counter()
-        folder = resolve_guidance_model(cfg.guidance_model)
-        images, labels = generate_labelled(
-            folder,
-            list(spec.class_names),
-            cfg.prompt_template,
-            cfg.aux_size,
-            steps=cfg.sample_steps,
-            guidance_scale=cfg.sample_guidance_scale,
-            seed=cfg.seed + 1000,
-            size=spec.image_size,
-            channels=spec.in_channels,
-        )
-        log(
-            INFO,
-            "Generated %d labelled images in %.1f s",
-            len(labels),
-            time.perf_counter() - t0,
-        )
-        train, _ = load_dataset(cfg.dataset, cfg.data_root)
-        public = data_split(cfg).public
-        rng = np.random.default_rng([cfg.seed, 11])
-        pick = torch.from_numpy(
-            np.sort(
-                rng.choice(public, min(cfg.heldout_size, len(public)), replace=False)
-            )
-        )
+        """Build; ``generated``/``validation`` come from ``server_app.adaptation``."""
         return cls(
-            model=make_model(cfg, spec),
-            generated=(to_float(images, spec), labels),
-            validation=(to_float(train.images[pick], spec), train.labels[pick]),
+            model=make_model(cfg),
             adapt_steps=cfg.adapt_steps,
             adapt_lr=cfg.adapt_lr,
             batch_size=cfg.batch_size,
