@@ -109,3 +109,4 @@ def test_the_adaptation_data_is_generated_once_and_validated_on_the_public_split
     for row in x.flatten(1):  # every validation image is one of the public split's
         assert (public == row).all(dim=1).any()
     assert record["generated-images"] == 10 and record["method"] == "fedavg-adapt"
+    assert record["seconds"] > 0

@@ -58,3 +58,31 @@ def test_fedddpm_federation_completes(method, tmp_path):
         assert (result.run_dir / "model" / part).is_dir()
     assert (result.run_dir / "model" / "text_encoder.json").is_file()
     assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)
+
+
+def test_classifier_adaptation_federation_completes(tmp_path):
+    # fedavg-adapt: the server generates its labelled set before round 1
+    # (server_app/adaptation.py) and fine-tunes the aggregate every round.
+    result = run_simulation(
+        APP_DIR,
+        {
+            **TINY,
+            "method": "fedavg-adapt",
+            "output-dir": str(tmp_path),
+            "run-name": "it",
+            "adapt-steps": 2,
+        },
+        stream=False,
+        timeout=900,
+    )
+    assert result.status == "finished:completed", result.output[-3000:]
+    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["server"]["corrected"] is True
+        assert isinstance(r["server"]["kept"], bool)  # the real-slice check ran
+        assert "instance-guided" not in r["train"]  # FedDifRC only
+    record = json.loads((result.run_dir / "guidance.json").read_text())
+    assert record["generated-images"] == 20 and record["validation-images"] == 20
+    assert record["seconds"] > 0
+    assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)
