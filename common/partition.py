@@ -67,6 +67,16 @@ class DataSplit:
             [np.bincount(labels[idx], minlength=num_classes) for idx in self.clients]
         )
 
+    def public_slice(self, size: int, seed: int, salt: int) -> np.ndarray:
+        """Training-set indices of a seeded slice of the public split (sorted).
+
+        For the server's own checks (FedDDPM+'s trigger loss, the classifier
+        adaptation's validation); ``salt`` keeps each user's draw its own.
+        """
+        rng = np.random.default_rng([seed, salt])
+        size = min(size, len(self.public))
+        return self.public[np.sort(rng.choice(len(self.public), size, replace=False))]
+
 
 Partitioner = Callable[[np.ndarray, Partitioning], list[np.ndarray]]
 

@@ -12,7 +12,6 @@ import time
 from logging import INFO
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.common import log
 from torch import Tensor
@@ -23,12 +22,10 @@ from common.partition import DataSplit
 from diffusion_service.embedded_model import resolve_guidance_model
 from diffusion_service.federated.generate import generate_labelled
 
-ADAPT_METHODS = ("fedavg-adapt", "fedavg-adapt+")
-
-# Offsets that keep the generation and validation draws apart from every
-# other stream seeded by the run seed.
+# Keep the generation and validation draws apart from the other streams
+# seeded by the run seed (the same as before this module existed).
 GENERATION_SEED_OFFSET = 1000
-VALIDATION_STREAM = 11
+VALIDATION_SALT = 11
 
 
 def prepare_adaptation(
@@ -58,17 +55,14 @@ def prepare_adaptation(
     # The real validation slice: the trigger's loss, and the check that keeps
     # an adaptation only if this loss does not rise.
     train, _ = load_dataset(cfg.dataset, cfg.data_root)
-    public = split.public
-    rng = np.random.default_rng([cfg.seed, VALIDATION_STREAM])
-    size = min(cfg.heldout_size, len(public))
-    pick = torch.from_numpy(np.sort(rng.choice(public, size, replace=False)))
+    pick = torch.from_numpy(split.public_slice(cfg.heldout_size, cfg.seed, VALIDATION_SALT))
     kwargs = {
         "generated": (to_float(images, spec), labels),
         "validation": (to_float(train.images[pick], spec), train.labels[pick]),
     }
     info = {
         "generated-images": len(labels),
-        "validation-images": size,
+        "validation-images": len(pick),
         "seconds": time.perf_counter() - t0,  # the one-off column of the results
     }
     return kwargs, info

@@ -56,12 +56,6 @@ from server_app.strategies import get_strategy_class
 NODE_WAIT_SECONDS = 300
 
 
-def _held_out(n_total: int, size: int, seed: int, salt: int) -> np.ndarray:
-    """A seeded, sorted choice of ``size`` positions out of ``n_total``."""
-    rng = np.random.default_rng([seed, salt])
-    return np.sort(rng.choice(n_total, size=min(size, n_total), replace=False))
-
-
 def pretrain_phase(
     grid: Grid, cfg: RunConfig, initial: ArrayRecord, text: ArrayRecord
 ) -> tuple[list[dict], np.ndarray, dict[str, Any]]:
@@ -199,8 +193,7 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     if cfg.method == "fedddpm+":
         # The trigger's loss: a seeded slice of the server's public split (our
         # choice; the test set is never used to decide anything).
-        pos = _held_out(len(split.public), cfg.heldout_size, cfg.seed, 11)
-        idx = torch.from_numpy(split.public[pos])
+        idx = torch.from_numpy(split.public_slice(cfg.heldout_size, cfg.seed, 11))
         probe = DenoisingProbe.fixed(
             encode_latents(parts.vae, train_set.images[idx]),
             train_set.labels[idx],

@@ -40,7 +40,7 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from common.config import RunConfig
+from common.config import ADAPT_METHODS, RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import make_model
 from common.partition import DataSplit
@@ -50,7 +50,7 @@ from diffusion_service.embedded_model import (  # noqa: F401 (re-exported)
     embedded_candidates,
     resolve_guidance_model,
 )
-from server_app.adaptation import ADAPT_METHODS, prepare_adaptation
+from server_app.adaptation import prepare_adaptation
 
 if TYPE_CHECKING:
     from diffusion_service import Extractor, FeatureRecipe, Session

@@ -5,6 +5,7 @@ import pytest
 
 from common.partition import (
     PARTITIONERS,
+    DataSplit,
     Partitioning,
     carve_public_split,
     longtail_subsample,
@@ -129,3 +130,15 @@ def test_public_split_does_not_depend_on_the_run_seed(fmnist_labels):
     b = split_dataset(fmnist_labels, Partitioning("dirichlet", 5, public_size=2000, seed=2))
     assert np.array_equal(a.public, b.public)
     assert np.array_equal(a.public, carve_public_split(fmnist_labels, 2000))
+
+
+def test_a_public_slice_is_seeded_sorted_and_only_public():
+    split = DataSplit(public=np.arange(100, 200), clients=[np.arange(100)])
+
+    got = split.public_slice(30, seed=3, salt=11)
+
+    assert len(got) == 30 and len(set(got.tolist())) == 30
+    assert np.all(np.diff(got) > 0) and np.isin(got, split.public).all()
+    assert np.array_equal(got, split.public_slice(30, seed=3, salt=11))
+    assert not np.array_equal(got, split.public_slice(30, seed=3, salt=12))
+    assert len(split.public_slice(500, seed=3, salt=11)) == 100  # capped
