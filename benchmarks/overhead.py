@@ -50,7 +50,7 @@ def _train_client(cfg: RunConfig, pid: int, state: dict, seed: int) -> tuple[dic
     model.load_state_dict(state)
     # exactly the settings the server sends its clients
     settings = LocalSettings.from_config(local_training_config(cfg))
-    train(model, x, y, settings, seed=seed, device=cfg.device, augment=cfg.augment)
+    train(model, x, y, settings, seed=seed, device=cfg.runtime.device, augment=cfg.data.augment)
     return {k: v.cpu() for k, v in model.state_dict().items()}, len(y)
 
 
@@ -74,7 +74,7 @@ def plain_pytorch_rounds(cfg: RunConfig, rounds: int, workers: int = 2) -> list[
             state = global_model.state_dict()
             futures = [
                 pool.submit(_train_client, cfg, pid, state, rnd * 1000 + pid)
-                for pid in range(cfg.num_clients)
+                for pid in range(cfg.federation.num_clients)
             ]
             results = [f.result() for f in futures]
             total = sum(n for _, n in results)
@@ -138,15 +138,15 @@ def measure_overhead(
     # Round 1 pays one-off costs (actor start, data load); report the rest.
     steady = slice(1, None) if rounds > 1 else slice(None)
     steps = sum(
-        -(-len(client_tensors(cfg, pid)[1]) // cfg.batch_size) for pid in range(clients)
+        -(-len(client_tensors(cfg, pid)[1]) // cfg.sgd.batch_size) for pid in range(clients)
     )
     return {
         "method": method,
         "rounds": rounds,
         "clients": clients,
         "samples": samples,
-        "model-width": cfg.model_width,
-        "batch-size": cfg.batch_size,
+        "model-width": cfg.model.width,
+        "batch-size": cfg.sgd.batch_size,
         "steps-per-round": steps,
         "flower-round-s": statistics.median([r["round-seconds"] for r in rows][steady]),
         "flower-train-s": statistics.median(flower_train[steady]),

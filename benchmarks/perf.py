@@ -38,9 +38,9 @@ def extraction(profile: Profile, config: dict[str, Any]) -> dict[str, Any]:
 
     plan = profile.perf
     cfg = resolve_config(APP_DIR, {**config, "method": "feddifrc"})
-    spec = get_spec(cfg.dataset)
+    spec = get_spec(cfg.data.dataset)
     model = GuidanceModel.from_pretrained(
-        resolve_guidance_model(cfg.guidance_model), device=cfg.device
+        resolve_guidance_model(cfg.guidance.model), device=cfg.runtime.device
     )
     recipe = make_recipe(cfg, make_model(cfg, spec).embedding_dim)
     # Fit the projection on the measured images (it is fitted once per store in
@@ -48,7 +48,7 @@ def extraction(profile: Profile, config: dict[str, Any]) -> dict[str, Any]:
     recipe = type(recipe).from_dict(
         {**recipe.to_dict(), "fit_size": plan.extraction_samples}
     )
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     n = plan.extraction_samples
     args = SimpleNamespace(repeats=plan.repeats, naive_samples=plan.naive_samples)
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +63,7 @@ def extraction(profile: Profile, config: dict[str, Any]) -> dict[str, Any]:
         "micro-batch": recipe.micro_batch,
         "up-blocks": list(recipe.up_blocks),
         "dim": recipe.dim,
-        "device": cfg.device,
+        "device": cfg.runtime.device,
         "torch-threads": torch.get_num_threads(),
         "batched-img-s": n / best["batched"],
         "naive-img-s": plan.naive_samples / best["naive"],

@@ -43,8 +43,8 @@ SPLITS: dict[str, dict[str, Any]] = {
     "dir0.2": {"partitioner": "dirichlet", "dirichlet-beta": 0.2},
 }
 
-# The FedDifRC / SemanticFL protocol (notes/papers.md sections 2.4, 4.2): the
-# released FedDifRC code's defaults, which SemanticFL's table reuses.
+# The FedDifRC / SemanticFL protocol (docs/profiles.md, "paper"): the released
+# FedDifRC code's defaults, which SemanticFL's table reuses.
 PAPER_PROTOCOL: dict[str, Any] = {
     "dataset": "cifar10",
     "model": "resnet10",
@@ -71,13 +71,13 @@ COMMON_DEVIATIONS: tuple[tuple[str, str, str, str], ...] = (
         "partitioner",
         "FedDifRC's equal-size Dirichlet (every client the same size)",
         "flwr-datasets DirichletPartitioner (unequal client sizes)",
-        "the project's partitioner (DESIGN.md section 5)",
+        "the project's partitioner (docs/profiles.md)",
     ),
     (
         "NID2",
         "not defined in the papers (FedDisco's NIID-2: 2-class clients + 1 unbiased)",
         "'extreme': single-class clients + one client with every class",
-        "DESIGN.md's reading of NID2",
+        "our reading of NID2 (docs/profiles.md)",
     ),
     (
         "public split",
@@ -237,10 +237,10 @@ class Profile:
         cfg = resolve_config(
             APP_DIR, {**self.config, **{k: "<given>" for k in self.requires}}
         )
-        cap = cfg.max_samples_per_client or TRAIN_SIZE
-        per_round = max(1, round(cfg.fraction_train * cfg.num_clients))
-        trained = per_round * cap * cfg.local_epochs
-        pool = TRAIN_SIZE - cfg.public_split_size
+        cap = cfg.data.max_samples_per_client or TRAIN_SIZE
+        per_round = max(1, round(cfg.federation.fraction_train * cfg.federation.num_clients))
+        trained = per_round * cap * cfg.sgd.local_epochs
+        pool = TRAIN_SIZE - cfg.data.public_split_size
         seen, out = 0.0, []
         for method in (cell.method for cell in cells):
             factor = c.method_factor.get(method, max(c.method_factor.values()))
@@ -248,7 +248,7 @@ class Profile:
                 c.eval_s + factor * c.train_s_per_sample * trained
             )
             if method.startswith("feddifrc"):
-                new = min(cfg.num_clients * cap, pool) * (1 - seen / pool)
+                new = min(cfg.federation.num_clients * cap, pool) * (1 - seen / pool)
                 seen += new
                 seconds += new * c.extraction_s_per_sample
             if method.startswith("semanticfl"):
@@ -298,7 +298,7 @@ _CPU_DEVIATIONS = (
     _dev(
         "model-width",
         "16 (128-d embedding)",
-        "4.9 M -> 0.31 M parameters: about 9x faster on CPU (DESIGN.md section 8)",
+        "4.9 M -> 0.31 M parameters: about 9x faster on CPU (docs/profiles.md)",
     ),
     _dev(
         "guidance-model",

@@ -15,7 +15,7 @@ from client_app.latents import answer_query, opted_in, with_uploaded_features
 from client_app.training import LocalSettings
 from client_app.training import train as train_fn
 from common import keys
-from common.config import DIFFUSION_METHODS, RunConfig
+from common.config import RunConfig
 from common.datasets import get_spec
 from common.evaluation import evaluate as evaluate_fn
 from common.federation import (
@@ -25,6 +25,7 @@ from common.federation import (
     make_model,
     resolve_device,
 )
+from common.seeding import client_round_seed
 
 app = ClientApp()
 
@@ -48,19 +49,19 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
     """
     cfg = RunConfig.from_run_config(context.run_config)
     partition_id = int(context.node_config[keys.PARTITION_ID])
-    num_partitions = int(context.node_config.get(keys.NUM_PARTITIONS, cfg.num_clients))
-    if num_partitions != cfg.num_clients:
+    num_partitions = int(context.node_config.get(keys.NUM_PARTITIONS, cfg.federation.num_clients))
+    if num_partitions != cfg.federation.num_clients:
         raise ValueError(
             f"this node is one of {num_partitions} partitions but the run splits the "
-            f"data into num-clients={cfg.num_clients}; start the federation with "
-            f"num-supernodes={cfg.num_clients} (or set num-clients to match)"
+            f"data into num-clients={cfg.federation.num_clients}; start the federation with "
+            f"num-supernodes={cfg.federation.num_clients} (or set num-clients to match)"
         )
     indices = client_indices(cfg, partition_id, part)
     images, labels = client_tensors(cfg, partition_id, part)
     model = make_model(cfg)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     return NodeSetup(
-        cfg, partition_id, indices, resolve_device(cfg.device), images, labels, model
+        cfg, partition_id, indices, resolve_device(cfg.runtime.device), images, labels, model
     )
 
 
@@ -68,7 +69,7 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     run_cfg = RunConfig.from_run_config(context.run_config)
-    if run_cfg.method in DIFFUSION_METHODS:  # FedDDPM: the model is a U-Net
+    if run_cfg.method_info.model == "diffusion-unet":  # FedDDPM: a U-Net
         return diffusion_train(msg, context, run_cfg)
     cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)
     asked = LocalSettings.from_config(msg.content[keys.CONFIG])
@@ -94,14 +95,9 @@ def train(msg: Message, context: Context) -> Message:
         settings,
         prev_model=prev_model,
         guidance=guidance,
-        augment=cfg.augment,
+        augment=cfg.data.augment,
         device=device,
-        # A distinct, reproducible stream per (run seed, client, round).
-        seed=int(
-            np.random.SeedSequence(
-                [cfg.seed, partition_id, server_round]
-            ).generate_state(1)[0]
-        ),
+        seed=client_round_seed(cfg.seed, partition_id, server_round),
     )
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if settings.moon_mu is not None:
@@ -141,9 +137,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     With ``validation-fraction`` = 0 that is the whole partition.
     """
     cfg, _, _, device, images, labels, model = _setup(msg, context, "validation")
-    num_classes = get_spec(cfg.dataset).num_classes
+    num_classes = get_spec(cfg.data.dataset).num_classes
     result = evaluate_fn(
-        model, images, labels, num_classes, cfg.eval_batch_size, device
+        model, images, labels, num_classes, cfg.runtime.eval_batch_size, device
     )
     metrics = {
         keys.EVAL_LOSS: result.loss,

@@ -27,11 +27,12 @@ from common import keys
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import client_indices
+from common.seeding import client_round_seed
 from diffusion_service.embedded_model import resolve_guidance_model
 from diffusion_service.federated.ldm import (
     FrozenParts,
     build_federated_unet,
-    encode_latents,
+    encode_scaled_latents,
     load_vae,
     train_unet,
 )
@@ -51,9 +52,9 @@ def _parts(folder: str) -> tuple[object, object]:
 def _client_latents(cfg: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
     """Scaled VAE latents and labels of this client's training part (cached)."""
     idx = torch.from_numpy(client_indices(cfg, partition_id))
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
-    vae, _ = _parts(resolve_guidance_model(cfg.guidance_model))
-    return encode_latents(vae, train.images[idx]), train.labels[idx]
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
+    vae, _ = _parts(resolve_guidance_model(cfg.guidance.model))
+    return encode_scaled_latents(vae, train.images[idx]), train.labels[idx]
 
 
 def diffusion_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
@@ -61,7 +62,7 @@ def diffusion_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     partition_id = int(context.node_config[keys.PARTITION_ID])
     config = msg.content[keys.CONFIG]
     phase = str(config[keys.DDPM_PHASE])
-    folder = resolve_guidance_model(cfg.guidance_model)
+    folder = resolve_guidance_model(cfg.guidance.model)
     vae, scheduler = _parts(folder)
     text = torch.from_numpy(
         msg.content[keys.TEXT_STATES][keys.TEXT_STATES].numpy().copy()
@@ -71,7 +72,7 @@ def diffusion_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     t0 = time.perf_counter()
     latents, labels = _client_latents(cfg, partition_id)
     encode_seconds = time.perf_counter() - t0
-    unet = build_federated_unet(cfg.ddpm_channels, cfg.seed)
+    unet = build_federated_unet(cfg.fedddpm.channels, cfg.seed)
     unet.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     server_round = int(config[keys.SERVER_ROUND]) if phase == "round" else 0
     t0 = time.perf_counter()
@@ -84,12 +85,7 @@ def diffusion_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         lr=float(config[keys.DDPM_LR]),
         batch_size=int(config[keys.DDPM_BATCH_SIZE]),
         prompt_dropout=float(config[keys.DDPM_PROMPT_DROPOUT]),
-        # A distinct, reproducible stream per (run seed, client, round).
-        seed=int(
-            np.random.SeedSequence(
-                [cfg.seed, partition_id, server_round]
-            ).generate_state(1)[0]
-        ),
+        seed=client_round_seed(cfg.seed, partition_id, server_round),
     )
     metrics: dict = {
         keys.TRAIN_DDPM_LOSS: result["loss"],
@@ -99,7 +95,7 @@ def diffusion_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         keys.NUM_EXAMPLES: len(labels),
     }
     if phase == "pretrain":
-        num_classes = get_spec(cfg.dataset).num_classes
+        num_classes = get_spec(cfg.data.dataset).num_classes
         counts = np.bincount(labels.numpy(), minlength=num_classes)
         metrics[keys.CLASS_COUNTS] = [int(c) for c in counts]
         metrics[keys.PARTITION_ID] = partition_id

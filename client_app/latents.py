@@ -31,7 +31,7 @@ def opted_in(node_config: Mapping[str, Any], cfg: RunConfig) -> bool:
     """Whether this node shares latents: its node config, else the run's default."""
     value = node_config.get(keys.SHARE_LATENTS)
     if value is None:
-        return cfg.share_latents
+        return cfg.feddifrc.share_latents
     if isinstance(value, bool):
         return value
     if str(value).lower() in ("true", "false"):
@@ -67,10 +67,10 @@ def answer_query(
         log(INFO, "Latent query: this node does not share latents (share-latents)")
         return RecordDict({keys.CONFIG: ConfigRecord({keys.SHARED: False})})
     encoder = VaeEncoder.from_pretrained(
-        resolve_guidance_model(cfg.guidance_model),
+        resolve_guidance_model(cfg.guidance.model),
         resolution=int(config[keys.RESOLUTION]),
         micro_batch=int(config[keys.MICRO_BATCH]),
-        device=cfg.device,
+        device=cfg.runtime.device,
     )
     latents = encoder.encode(images)
     arrays = {keys.LATENTS: latents.numpy(), keys.SAMPLE_IDS: ids.astype(np.int64)}

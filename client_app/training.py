@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common import keys
+from common.config import BaselineConfig, FedDifRCConfig, SemanticFLConfig
 from common.losses import (
     anchor_distillation,
     image_text_infonce,
@@ -35,9 +36,35 @@ def _opt(config: Mapping[str, Any], key: str, cast=float):
     return cast(config[key]) if key in config else None
 
 
+def _term(
+    config: Mapping[str, Any], switch: str, companions: Mapping[str, type] = {}
+) -> dict[str, Any]:
+    """One loss term's settings from the train config: its weight key switches
+    it on, and the strategy always sends its companion keys with it.
+
+    Returns ``{field: value}`` for the switch and its companions (a key's
+    field is its name in snake case), or ``{}`` when the term is off.
+    """
+    if switch not in config:
+        return {}
+    missing = [k for k in companions if k not in config]
+    if missing:
+        raise KeyError(
+            f"train config switches on '{switch}' but lacks {missing}; "
+            f"got keys {sorted(config)}"
+        )
+    values = {switch: float(config[switch])}
+    values.update({k: cast(config[k]) for k, cast in companions.items()})
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
 @dataclass(frozen=True)
 class LocalSettings:
-    """Local-training settings of one round, as sent in the train config."""
+    """Local-training settings of one round, as sent in the train config.
+
+    A term's weight is None when it is off. Its companions' defaults are the
+    run config's (one source), for code that builds settings directly.
+    """
 
     lr: float
     momentum: float
@@ -46,22 +73,22 @@ class LocalSettings:
     batch_size: int
     proximal_mu: float | None = None
     moon_mu: float | None = None
-    moon_tau: float = 0.5
-    # FedDifRC (None = term off)
+    moon_tau: float = BaselineConfig.moon_tau
+    # FedDifRC
     tdcl_weight: float | None = None
-    tdcl_tau: float = 0.04
-    tdcl_negatives: int = 0
+    tdcl_tau: float = FedDifRCConfig.tdcl_tau
+    tdcl_negatives: int = FedDifRCConfig.tdcl_negatives
     ndcr_weight: float | None = None
-    ndcr_mode: str = "cosine"
-    ndcr_tau: float = 0.1
+    ndcr_mode: str = FedDifRCConfig.ndcr_mode
+    ndcr_tau: float = FedDifRCConfig.ndcr_tau
     self_supervised: bool = False
     feature_store: str | None = None
     feature_source: str | None = None  # "latent-upload": features come in Messages
-    # SemanticFL (None = term off)
+    # SemanticFL
     kd_weight: float | None = None
-    kd_temperature: float = 0.1
+    kd_temperature: float = SemanticFLConfig.kd_temperature
     con_weight: float | None = None
-    con_tau: float = 0.05
+    con_tau: float = SemanticFLConfig.con_tau
 
     @property
     def needs_instance_features(self) -> bool:
@@ -95,26 +122,22 @@ class LocalSettings:
             weight_decay=float(config[keys.WEIGHT_DECAY]),
             epochs=int(config[keys.LOCAL_EPOCHS]),
             batch_size=int(config[keys.BATCH_SIZE]),
-            proximal_mu=float(config[keys.PROXIMAL_MU])
-            if keys.PROXIMAL_MU in config
-            else None,
-            moon_mu=float(config[keys.MOON_MU]) if keys.MOON_MU in config else None,
-            moon_tau=float(config.get(keys.MOON_TAU, 0.5)),
-            tdcl_weight=_opt(config, keys.TDCL_WEIGHT),
-            tdcl_tau=float(config.get(keys.TDCL_TAU, 0.04)),
-            tdcl_negatives=int(config.get(keys.TDCL_NEGATIVES, 0)),
-            ndcr_weight=_opt(config, keys.NDCR_WEIGHT),
-            ndcr_mode=str(config.get(keys.NDCR_MODE, "cosine")),
-            ndcr_tau=float(config.get(keys.NDCR_TAU, 0.1)),
-            self_supervised=bool(config.get(keys.SELF_SUPERVISED, False)),
+            proximal_mu=_opt(config, keys.PROXIMAL_MU),
+            **_term(config, keys.MOON_MU, {keys.MOON_TAU: float}),
+            **_term(
+                config,
+                keys.TDCL_WEIGHT,
+                {keys.TDCL_TAU: float, keys.TDCL_NEGATIVES: int},
+            ),
+            **_term(config, keys.NDCR_WEIGHT, {keys.NDCR_MODE: str, keys.NDCR_TAU: float}),
+            # Sent only when true.
+            self_supervised=keys.SELF_SUPERVISED in config
+            and bool(config[keys.SELF_SUPERVISED]),
             feature_store=_opt(config, keys.FEATURE_STORE, str),
             feature_source=_opt(config, keys.FEATURE_SOURCE, str),
-            kd_weight=_opt(config, keys.KD_WEIGHT),
-            kd_temperature=float(config.get(keys.KD_TEMPERATURE, 0.1)),
-            con_weight=_opt(config, keys.CON_WEIGHT),
-            con_tau=float(config.get(keys.CON_TAU, 0.05)),
+            **_term(config, keys.KD_WEIGHT, {keys.KD_TEMPERATURE: float}),
+            **_term(config, keys.CON_WEIGHT, {keys.CON_TAU: float}),
         )
-
 
 @dataclass(frozen=True)
 class Guidance:

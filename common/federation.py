@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common import keys
-from common.config import GUIDED_METHODS, RunConfig
+from common import keys, seeding
+from common.config import RunConfig
 from common.datasets import DatasetSpec, get_spec, load_dataset, to_float
 from common.models import attach_guidance_head, build_model
 from common.partition import DataSplit, Partitioning, split_dataset
@@ -24,13 +24,13 @@ from common.partition import DataSplit, Partitioning, split_dataset
 def partitioning(cfg: RunConfig) -> Partitioning:
     """The partitioning settings of a run."""
     return Partitioning(
-        name=cfg.partitioner,
-        num_partitions=cfg.num_clients,
-        beta=cfg.dirichlet_beta,
-        rho=cfg.longtail_rho,
-        min_size=cfg.min_partition_size,
-        max_per_client=cfg.max_samples_per_client,
-        public_size=cfg.public_split_size,
+        name=cfg.data.partitioner,
+        num_partitions=cfg.federation.num_clients,
+        beta=cfg.data.dirichlet_beta,
+        rho=cfg.data.longtail_rho,
+        min_size=cfg.data.min_partition_size,
+        max_per_client=cfg.data.max_samples_per_client,
+        public_size=cfg.data.public_split_size,
         seed=cfg.seed,
     )
 
@@ -43,7 +43,7 @@ def _split(dataset: str, data_root: str, p: Partitioning) -> DataSplit:
 
 def data_split(cfg: RunConfig) -> DataSplit:
     """The run's public split and client partitions (indices into the train set)."""
-    return _split(cfg.dataset, cfg.data_root, partitioning(cfg))
+    return _split(cfg.data.dataset, cfg.data.data_root, partitioning(cfg))
 
 
 def client_indices(cfg: RunConfig, partition_id: int, part: str = "train"):
@@ -54,22 +54,22 @@ def client_indices(cfg: RunConfig, partition_id: int, part: str = "train"):
     trained on; the central test set is never used for tuning. With f = 0 both
     parts are the whole partition (training and local evaluation as before).
     """
-    if not 0 <= partition_id < cfg.num_clients:
+    if not 0 <= partition_id < cfg.federation.num_clients:
         raise ValueError(
             f"partition-id {partition_id} is out of range for num-clients="
-            f"{cfg.num_clients} (valid: 0..{cfg.num_clients - 1})"
+            f"{cfg.federation.num_clients} (valid: 0..{cfg.federation.num_clients - 1})"
         )
     if part not in ("train", "validation"):
         raise ValueError(f"part must be 'train' or 'validation', got {part!r}")
     full = data_split(cfg).clients[partition_id]
-    if cfg.validation_fraction == 0:
+    if cfg.data.validation_fraction == 0:
         return full
-    rng = np.random.default_rng([cfg.seed, partition_id, 7])
+    rng = np.random.default_rng([cfg.seed, partition_id, seeding.VALIDATION_SPLIT])
     order = rng.permutation(len(full))
-    n_val = max(1, round(cfg.validation_fraction * len(full)))
+    n_val = max(1, round(cfg.data.validation_fraction * len(full)))
     if n_val >= len(full):
         raise ValueError(
-            f"validation-fraction={cfg.validation_fraction} leaves client "
+            f"validation-fraction={cfg.data.validation_fraction} leaves client "
             f"{partition_id} ({len(full)} samples) nothing to train on"
         )
     chosen = order[:n_val] if part == "validation" else order[n_val:]
@@ -81,9 +81,9 @@ def client_tensors(
 ) -> tuple[Tensor, Tensor]:
     """Normalised images and labels of one client's part (:func:`client_indices`)."""
     idx = client_indices(cfg, partition_id, part)
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     idx = torch.from_numpy(idx)
-    return to_float(train.images[idx], get_spec(cfg.dataset)), train.labels[idx]
+    return to_float(train.images[idx], get_spec(cfg.data.dataset)), train.labels[idx]
 
 
 def client_raw_images(cfg: RunConfig, partition_id: int, part: str = "train") -> Tensor:
@@ -92,7 +92,7 @@ def client_raw_images(cfg: RunConfig, partition_id: int, part: str = "train") ->
     What the guidance model's VAE takes (latent upload, ``client_app/latents.py``).
     """
     idx = torch.from_numpy(client_indices(cfg, partition_id, part))
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     return train.images[idx]
 
 
@@ -104,17 +104,17 @@ def _test_tensors(dataset: str, data_root: str) -> tuple[Tensor, Tensor]:
 
 def test_tensors(cfg: RunConfig) -> tuple[Tensor, Tensor]:
     """The full central test set, normalised (loaded once per process)."""
-    return _test_tensors(cfg.dataset, cfg.data_root)
+    return _test_tensors(cfg.data.dataset, cfg.data.data_root)
 
 
 def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     """The run's client model, freshly initialised from the global torch RNG."""
-    spec = spec or get_spec(cfg.dataset)
+    spec = spec or get_spec(cfg.data.dataset)
     model = build_model(
-        cfg.model, spec.in_channels, spec.num_classes, cfg.model_width, spec.image_size
+        cfg.model.name, spec.in_channels, spec.num_classes, cfg.model.width, spec.image_size
     )
-    if cfg.method in GUIDED_METHODS:
-        attach_guidance_head(model, cfg.guidance_head)
+    if cfg.method_info.guided:  # a projector the guided terms see (optional)
+        attach_guidance_head(model, cfg.guidance.head)
     return model
 
 
@@ -131,9 +131,9 @@ def resolve_device(name: str) -> torch.device:
 def local_training_config(cfg: RunConfig) -> dict[str, float | int]:
     """The local-SGD settings the server sends in every train config."""
     return {
-        keys.LR: cfg.learning_rate,
-        keys.MOMENTUM: cfg.momentum,
-        keys.WEIGHT_DECAY: cfg.weight_decay,
-        keys.LOCAL_EPOCHS: cfg.local_epochs,
-        keys.BATCH_SIZE: cfg.batch_size,
+        keys.LR: cfg.sgd.learning_rate,
+        keys.MOMENTUM: cfg.sgd.momentum,
+        keys.WEIGHT_DECAY: cfg.sgd.weight_decay,
+        keys.LOCAL_EPOCHS: cfg.sgd.local_epochs,
+        keys.BATCH_SIZE: cfg.sgd.batch_size,
     }

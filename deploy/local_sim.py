@@ -2,7 +2,7 @@
 
 ``flwr run .`` on its own starts a *detached* SuperLink that outlives the run
 and installs the app's dependencies with ``uv`` on every run (pulling a CUDA
-torch that ignores our pins; ``../shared/notes/flower.md`` section 4). This
+torch that ignores our pins; ``docs/architecture.md``, "Three ways to run"). This
 launcher does what a user wants instead:
 
 1. validates the run config (pyproject defaults + overrides) before anything
@@ -47,7 +47,6 @@ from flwr.common.config import parse_config_args
 from common.config import RunConfig
 from common.federation import data_split
 from server_app.reporting import default_run_name
-from server_app.strategies import get_strategy_class
 
 COMPLETED = "finished:completed"
 
@@ -92,10 +91,7 @@ def to_toml_overrides(values: dict[str, Any]) -> str:
 
 def resolve_config(app_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     """Validate defaults + overrides exactly as the apps will (fails fast)."""
-    merged = {**app_defaults(app_dir), **overrides}
-    cfg = RunConfig.from_run_config(merged)
-    get_strategy_class(cfg.method)
-    return cfg
+    return RunConfig.from_run_config({**app_defaults(app_dir), **overrides})
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -210,12 +206,12 @@ def run_simulation(
     overrides = dict(overrides or {})
     cfg = resolve_config(app_dir, overrides)
     # Pin the run folder so we can report it: absolute output dir, explicit name.
-    overrides["output-dir"] = str(Path(cfg.output_dir).expanduser().resolve())
-    overrides["run-name"] = cfg.run_name or default_run_name(cfg)
+    overrides["output-dir"] = str(Path(cfg.runtime.output_dir).expanduser().resolve())
+    overrides["run-name"] = cfg.runtime.run_name or default_run_name(cfg)
     cfg = resolve_config(app_dir, overrides)
     preflight(cfg)
-    run_dir = Path(cfg.output_dir) / cfg.run_name
-    nodes = num_supernodes or cfg.num_clients
+    run_dir = Path(cfg.runtime.output_dir) / cfg.runtime.run_name
+    nodes = num_supernodes or cfg.federation.num_clients
 
     bin_dir = Path(sys.executable).parent
     flwr, superlink = str(bin_dir / "flwr"), str(bin_dir / "flower-superlink")

@@ -21,7 +21,7 @@
 #
 # Runtime dependency installation is always off: the SuperLink would
 # otherwise `uv sync` the app's dependencies per run, ignoring our pins and
-# pulling a CUDA torch (shared/notes/flower.md 4.4). Install the app in the
+# pulling a CUDA torch (docs/deploy.md, Troubleshooting). Install the app in the
 # venv first. Prints the exact command it runs, then "PID <n>".
 set -euo pipefail
 PROG=start_superlink.sh

@@ -1,11 +1,14 @@
 """Guidance features from a frozen latent diffusion model, computed once and cached.
 
-Knows nothing of Flower (DESIGN.md sections 2 and 3). Entry points:
+Knows nothing of Flower (``docs/architecture.md``; the recipe and the store:
+``docs/guidance-features.md``). Entry points:
 
 - :class:`GuidanceModel`: the frozen diffusers components (``from_pretrained``);
 - :class:`FeatureRecipe`: every knob that changes a feature;
 - :class:`FeatureExtractor`: image -> raw / projected features (the
   :class:`Extractor` interface; ``remote.RemoteFeatureExtractor`` is the other one);
+  :class:`LatentFeatureExtractor` the same from VAE posterior means
+  (:func:`encode_posterior_mean`);
 - :func:`open_session`, :func:`extract`, :func:`build_anchors`: the store driver
   (:func:`open_extractor_session` for an extractor built elsewhere);
 - :class:`FeatureStore`: verified fp16 shards, read per client;
@@ -22,7 +25,7 @@ from .extract import (
     text_anchors,
     visual_anchors,
 )
-from .features import Extractor, FeatureExtractor, ImageInputError
+from .features import Extractor, FeatureExtractor, LatentFeatureExtractor
 from .model import GuidanceModel, ModelLayoutError, TextWidthError
 from .projection import Projection, text_map
 from .recipe import KINDS, FeatureRecipe
@@ -32,6 +35,7 @@ from .store import (
     MissingFeaturesError,
     StoreMismatchError,
 )
+from .vae_io import ImageInputError, encode_posterior_mean
 
 __all__ = [
     "KINDS",
@@ -42,6 +46,7 @@ __all__ = [
     "FeatureStore",
     "GuidanceModel",
     "ImageInputError",
+    "LatentFeatureExtractor",
     "MissingFeaturesError",
     "ModelLayoutError",
     "Projection",
@@ -49,6 +54,7 @@ __all__ = [
     "StoreMismatchError",
     "TextWidthError",
     "build_anchors",
+    "encode_posterior_mean",
     "ensure_projection",
     "extract",
     "open_extractor_session",

@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     from common.datasets import DatasetNotFoundError
 
     from .extract import build_anchors, extract
-    from .features import ImageInputError
     from .model import ModelLayoutError, TextWidthError
     from .store import StoreMismatchError
+    from .vae_io import ImageInputError
 
     try:
         session = _session(args)

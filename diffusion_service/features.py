@@ -1,4 +1,4 @@
-"""Image -> guidance feature, per DESIGN.md section 3.
+"""Image -> guidance feature (the recipe: ``docs/guidance-features.md``).
 
 Per sample: resize to the model's resolution and scale uint8 to [-1, 1]; VAE
 latent ``z0 = posterior.mean * scaling_factor``; noise seeded by (seed, sample
@@ -6,32 +6,29 @@ index); ``zt = scheduler.add_noise(z0, eps, t)``; one U-Net pass per prompt with
 forward hooks on ``up_blocks``; global-average-pool each captured map and
 concatenate with the pooled latent (the *raw* feature); project with the fitted
 :class:`~.projection.Projection` and L2-normalise.
+
+:class:`LatentFeatureExtractor` is the same extractor taking VAE posterior
+means (latents uploaded by clients) instead of images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.seeding import mix_seed
+
 from .model import GuidanceModel
 from .projection import Projection, text_map
 from .recipe import FeatureRecipe
-
-
-class ImageInputError(ValueError):
-    """Images the VAE cannot take (wrong rank, dtype or channels)."""
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for one sample's noise, mixed from (seed, index)."""
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+from .vae_io import ImageInputError, vae_input
 
 
 class ModelIdentity(Protocol):
@@ -96,55 +93,6 @@ def feature_resolution(
             f"{vae_scale_factor}"
         )
     return resolution
-
-
-def check_images(images: Tensor, channels: int) -> Tensor:
-    """uint8 (N, C, H, W) images with C = ``channels`` (grayscale repeated).
-
-    Any other rank, dtype or channel count is an :class:`ImageInputError`.
-    """
-    if images.ndim != 4:
-        raise ImageInputError(
-            f"images must be (N, C, H, W), got shape {tuple(images.shape)}"
-        )
-    if images.dtype != torch.uint8:
-        raise ImageInputError(f"images must be uint8 in [0, 255], got {images.dtype}")
-    c = images.shape[1]
-    if c != channels:
-        if c != 1:
-            raise ImageInputError(
-                f"images have {c} channels; the VAE takes {channels} (or 1, "
-                "grayscale, which is repeated)"
-            )
-        images = images.expand(-1, channels, -1, -1)
-    return images
-
-
-def vae_input(
-    images: Tensor,
-    *,
-    channels: int,
-    resolution: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor:
-    """uint8 (B, C, H, W) -> float (B, channels, R, R) in [-1, 1]: the VAE's input.
-
-    One function for the extractor and for a client that runs only the VAE
-    (:mod:`.vae_encoder`), so both give the VAE the same bits.
-    """
-    images = check_images(images, channels)
-    # Scale from uint8 once: [0, 255] -> [0, 1] -> [-1, 1] (not ToTensor + /255).
-    x = images.to(device, torch.float32) / 255.0
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(
-            x,
-            size=(resolution, resolution),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        ).clamp_(0.0, 1.0)
-    return (x * 2.0 - 1.0).to(dtype)
 
 
 def make_prompt_ids(
@@ -234,7 +182,7 @@ class FeatureExtractor:
         out = torch.empty(len(indices), *self.latent_shape)
         g = torch.Generator()
         for row, idx in enumerate(indices):
-            g.manual_seed(sample_seed(self.recipe.seed, int(idx)))
+            g.manual_seed(mix_seed(self.recipe.seed, int(idx)))
             out[row] = torch.randn(self.latent_shape, generator=g)
         return out
 
@@ -318,11 +266,9 @@ class FeatureExtractor:
     def for_latents(self) -> FeatureExtractor:
         """This extractor taking VAE posterior means instead of images.
 
-        For latents uploaded by clients (``remote.latents``); same recipe,
-        prompts, noise and projection.
+        For latents uploaded by clients (:class:`LatentFeatureExtractor`);
+        same recipe, prompts, noise and projection.
         """
-        from .remote.latents import LatentFeatureExtractor
-
         return LatentFeatureExtractor(self)
 
     # --------------------------------------------------------------- prompts
@@ -346,3 +292,91 @@ class FeatureExtractor:
         """
         pooled = self.text_pooled[: len(self.class_names)].cpu()
         return F.normalize(pooled @ text_map(pooled.shape[1], dim, seed), dim=-1)
+
+
+# ------------------------------------------------------------ latent inputs
+class _PassThroughVAE:
+    """Stands in for the VAE: its "posterior mean" is the latent it is given."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def encode(self, latents: Tensor) -> Any:
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=latents))
+
+
+class _LatentInputModel:
+    """The real :class:`GuidanceModel` with the VAE replaced by a pass-through."""
+
+    def __init__(self, model: GuidanceModel) -> None:
+        self._model = model
+        self.vae = _PassThroughVAE(model.vae.dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class LatentFeatureExtractor(FeatureExtractor):
+    """A :class:`FeatureExtractor` whose inputs are VAE posterior means.
+
+    A client that opts in to latent upload (``docs/guided-methods.md``,
+    deployment option 2) runs the VAE itself and sends the **VAE posterior
+    mean** (``vae.encode(x).latent_dist.mean``, before ``shift_factor`` /
+    ``scaling_factor``; :func:`~.vae_io.encode_posterior_mean`), shape
+    (N, latent_channels, h, w). This extractor runs the rest of the recipe:
+    scaling, per-sample seeded noise, the U-Net with hooks, pooling,
+    projection.
+
+    So that the recipe lives in one place, it does not reimplement that tail:
+    ``preprocess`` takes latents and the model's VAE is a pass-through, so
+    ``FeatureExtractor._run`` (padding, noise, hooks, pooling) runs as is.
+    This couples to one detail of ``_run`` (it feeds ``preprocess``'s output to
+    ``model.vae.encode(x).latent_dist.mean``); tests/test_diffusion_remote.py
+    checks that latents from :func:`~.vae_io.encode_posterior_mean` give
+    bit-identical features to the image path, so a change there cannot go
+    unnoticed.
+
+    Latents that arrive over the wire are contiguous; they are put back in the
+    memory layout the VAE produces (:func:`vae_latent_layout`): on the CPU that
+    is channels-last, and the U-Net computes other bits for a contiguous input
+    of the same values.
+
+    Built from an image extractor: shares its recipe, prompts and text states
+    (no prompt is encoded again).
+    """
+
+    def __init__(self, base: FeatureExtractor) -> None:  # noqa: D107
+        # Not super().__init__: that would encode every prompt again.
+        self.__dict__.update(base.__dict__)
+        self.model = _LatentInputModel(base.model)
+        self.layout = vae_latent_layout(base)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """Latents (B, c, h, w) float -> the VAE's dtype on the model device."""
+        want = tuple(self.latent_shape)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ImageInputError(
+                f"latents must be (N, {', '.join(map(str, want))}), "
+                f"got {tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise ImageInputError(f"latents must be floating point, got {images.dtype}")
+        x = images.to(self.model.device, self.model.vae.dtype)
+        return x.contiguous(memory_format=self.layout)
+
+
+@torch.inference_mode()
+def vae_latent_layout(extractor: FeatureExtractor) -> torch.memory_format:
+    """The memory layout of the latents the VAE hands to the U-Net.
+
+    On the CPU, oneDNN convolutions return channels-last tensors, and the U-Net
+    then picks other kernels (other bits) than for a contiguous input of the
+    same values. Latents that arrive over the wire are contiguous, so they are
+    put back in the layout the VAE would have produced, found by one probe.
+    """
+    mb, res = extractor.recipe.micro_batch, extractor.resolution
+    vae = extractor.model.vae
+    x = torch.zeros(mb, extractor.model.image_channels, res, res, dtype=vae.dtype)
+    mean = vae.encode(x.to(extractor.model.device)).latent_dist.mean
+    channels_last = mean.shape[1] > 1 and mean.stride(1) == 1
+    return torch.channels_last if channels_last else torch.contiguous_format

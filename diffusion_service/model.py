@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffusion_service.text_encoder_ref import REFERENCE_FILE, resolve_text_encoder
+from .text_encoder_ref import REFERENCE_FILE, resolve_text_encoder
+from .vae_io import vae_fingerprint
 
 # The folder layout ``DiffusionPipeline.save_pretrained`` writes; one file proves
 # each component is there (the tokenizer has several possible forms).
@@ -303,10 +304,8 @@ class GuidanceModel:
     def vae_fingerprint(self) -> str:
         """SHA-256 of the VAE alone: what a latent-sharing client can check.
 
-        See :func:`~diffusion_service.vae_encoder.vae_fingerprint`.
+        See :func:`~diffusion_service.vae_io.vae_fingerprint`.
         """
-        from .vae_encoder import vae_fingerprint
-
         return vae_fingerprint(self.vae)
 
 

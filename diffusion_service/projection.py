@@ -2,7 +2,8 @@
 
 The projection is fitted ONCE per store on the raw features of a fit subset and
 saved next to the features (FedDifRC refits PCA on every batch, so its component
-k means something else in every batch; see notes/feddifrc-code.md section 2.2).
+k means something else in every batch; see ``docs/guidance-features.md``,
+"Two bugs of FedDifRC's released code").
 """
 
 from __future__ import annotations

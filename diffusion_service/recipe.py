@@ -1,9 +1,10 @@
 """The feature recipe and the store key: everything that changes a feature's bits.
 
-A :class:`FeatureRecipe` holds the knobs of DESIGN.md section 3. :func:`store_key`
-adds what the recipe cannot know (the model fingerprint, the data, the class
-prompts, the fit subset, the compute device and dtype) and hashes it all. Two
-extractions share stored features only when their keys are equal.
+A :class:`FeatureRecipe` holds the knobs of ``docs/guidance-features.md``.
+:func:`store_key` adds what the recipe cannot know (the model fingerprint, the
+data, the class prompts, the fit subset, the compute device and dtype) and
+hashes it all. Two extractions share stored features only when their keys are
+equal.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class prompts per sample), and neutral-prompt features."""
 
 @dataclass(frozen=True)
 class FeatureRecipe:
-    """How an image becomes a guidance feature (DESIGN.md section 3).
+    """How an image becomes a guidance feature (``docs/guidance-features.md``).
 
     Parameters
     ----------

@@ -3,15 +3,15 @@
 In deployment the server does not hold the clients' images. A client that
 opts in to latent upload (``share-latents``) encodes its samples with the
 guidance model's VAE and sends the posterior means; the server runs the rest
-of the feature recipe (``remote.latents.LatentFeatureExtractor``). The
+of the feature recipe (``features.LatentFeatureExtractor``). The
 client needs neither the U-Net nor the text encoder, so this loads the
 ``vae/`` subfolder alone.
 
 The latents must be bit-identical to the ones the server's image path would
 compute, or a client's features would differ from simulation's. So the
-input transform is :func:`~.features.vae_input` (shared with the extractor)
-and :func:`encode_padded` pads every call to ``micro_batch`` rows as the
-extractor does (a batch of another size takes other CPU kernels).
+input transform is :func:`~.vae_io.vae_input` (shared with the extractor)
+and :func:`~.vae_io.encode_padded` pads every call to ``micro_batch`` rows as
+the extractor does (a batch of another size takes other CPU kernels).
 
 Privacy: the VAE decoder turns these latents back into the images (8x8x4
 latents of 32 px images decode to recognisable pictures). Sharing them is
@@ -20,48 +20,12 @@ sharing the images; the run log and README say so.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .features import vae_input
-
-
-@torch.inference_mode()
-def encode_padded(
-    vae, preprocess: Callable[[Tensor], Tensor], images: Tensor, micro_batch: int
-) -> Tensor:
-    """VAE posterior means (N, c, h, w), float32 on the CPU.
-
-    Each call runs on exactly ``micro_batch`` rows (the last one padded with
-    a repeated real row), as ``FeatureExtractor`` does.
-    """
-    out = []
-    for start in range(0, len(images), micro_batch):
-        n = min(micro_batch, len(images) - start)
-        rows = list(range(start, start + n)) + [start] * (micro_batch - n)
-        x = preprocess(images[rows])
-        out.append(vae.encode(x).latent_dist.mean[:n].float().cpu())
-    if not out:
-        raise ValueError("no images given")
-    return torch.cat(out)
-
-
-def vae_fingerprint(vae: torch.nn.Module) -> str:
-    """SHA-256 over the VAE's parameter names, shapes and bytes.
-
-    The server compares it with its own VAE's before it trusts uploaded
-    latents: latents of another VAE give features without any error.
-    """
-    h = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+from .vae_io import encode_padded, vae_fingerprint, vae_input
 
 
 class VaeEncoder:
@@ -118,11 +82,11 @@ class VaeEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """:func:`vae_fingerprint` of this VAE."""
+        """:func:`~.vae_io.vae_fingerprint` of this VAE."""
         return vae_fingerprint(self.vae)
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """uint8 images -> the VAE's input (:func:`~.features.vae_input`)."""
+        """uint8 images -> the VAE's input (:func:`~.vae_io.vae_input`)."""
         return vae_input(
             images,
             channels=self.channels,

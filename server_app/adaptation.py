@@ -14,35 +14,35 @@ from typing import Any
 
 import torch
 from flwr.common import log
-from torch import Tensor
 
+from common import seeding
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset, to_float
+from common.federation import make_model
 from common.partition import DataSplit
 from diffusion_service.embedded_model import resolve_guidance_model
 from diffusion_service.federated.generate import generate_labelled
 
-# Keep the generation and validation draws apart from the other streams
-# seeded by the run seed (the same as before this module existed).
-GENERATION_SEED_OFFSET = 1000
-VALIDATION_SALT = 11
-
 
 def prepare_adaptation(
     cfg: RunConfig, split: DataSplit
-) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Any]]:
-    """``generated`` and ``validation`` (normalised images, labels), and a record."""
-    spec = get_spec(cfg.dataset)
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The strategy's prepared arguments, and a record.
+
+    ``generated`` and ``validation`` (normalised images, labels), the work
+    model, and the batch size and seed of its fine-tunes.
+    """
+    spec = get_spec(cfg.data.dataset)
     t0 = time.perf_counter()
-    folder = resolve_guidance_model(cfg.guidance_model)
+    folder = resolve_guidance_model(cfg.guidance.model)
     images, labels = generate_labelled(
         folder,
         list(spec.class_names),
-        cfg.prompt_template,
-        cfg.aux_size,
-        steps=cfg.sample_steps,
-        guidance_scale=cfg.sample_guidance_scale,
-        seed=cfg.seed + GENERATION_SEED_OFFSET,
+        cfg.guidance.prompt_template,
+        cfg.fedddpm.aux_size,
+        steps=cfg.fedddpm.sample_steps,
+        guidance_scale=cfg.fedddpm.sample_guidance_scale,
+        seed=cfg.seed + seeding.GENERATION_OFFSET,
         size=spec.image_size,
         channels=spec.in_channels,
     )
@@ -54,11 +54,17 @@ def prepare_adaptation(
     )
     # The real validation slice: the trigger's loss, and the check that keeps
     # an adaptation only if this loss does not rise.
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
-    pick = torch.from_numpy(split.public_slice(cfg.heldout_size, cfg.seed, VALIDATION_SALT))
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
+    pick = torch.from_numpy(
+        split.public_slice(cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE)
+    )
     kwargs = {
         "generated": (to_float(images, spec), labels),
         "validation": (to_float(train.images[pick], spec), train.labels[pick]),
+        # The server's work copy of the client model (weights loaded each round).
+        "model": make_model(cfg, spec),
+        "batch_size": cfg.sgd.batch_size,
+        "seed": cfg.seed,
     }
     info = {
         "generated-images": len(labels),

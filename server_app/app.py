@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common import keys
-from common.config import DIFFUSION_METHODS, RunConfig
+from common.config import RunConfig
 from common.datasets import get_spec, load_dataset, to_float
 from common.evaluation import evaluate, linear_probe
 from common.federation import (
@@ -23,7 +23,8 @@ from common.io import atomic_write_json
 from server_app.fedddpm import run_fedddpm
 from server_app.guidance import guidance_kwargs
 from server_app.reporting import RunRecorder
-from server_app.strategies import get_strategy_class
+from server_app.strategies import strategy_class
+from server_app.strategies.correcting import CorrectingFedAvg
 
 app = ServerApp()
 
@@ -34,13 +35,14 @@ def main(grid: Grid, context: Context) -> None:
     # Everything that can be wrong with the config or the data fails here,
     # before any client trains.
     cfg = RunConfig.from_run_config(context.run_config)
-    if cfg.method in DIFFUSION_METHODS:  # the model is a diffusion U-Net
+    method = cfg.method_info
+    if method.model == "diffusion-unet":  # FedDDPM: its own flow
         run_fedddpm(grid, cfg)
         return
-    strategy_cls = get_strategy_class(cfg.method)
-    device = resolve_device(cfg.device)
-    spec = get_spec(cfg.dataset)
-    train_set, _ = load_dataset(cfg.dataset, cfg.data_root)
+    strategy_cls = strategy_class(method.name)
+    device = resolve_device(cfg.runtime.device)
+    spec = get_spec(cfg.data.dataset)
+    train_set, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     split = data_split(cfg)
     test_images, test_labels = test_tensors(cfg)
 
@@ -50,7 +52,8 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, spec)
 
-    # Guided methods: anchors or instance features, computed once, before round 1.
+    # What the method needs before round 1 (anchors, instance features,
+    # generated images): computed once, here.
     guidance, guidance_record = guidance_kwargs(cfg, split, grid)
     if guidance_record:
         atomic_write_json(recorder.dir / "guidance.json", guidance_record)
@@ -58,7 +61,7 @@ def main(grid: Grid, context: Context) -> None:
     # server's public split scores the global encoder instead.
     probe = (
         (to_float(train_set.images[split.public], spec), train_set.labels[split.public])
-        if cfg.self_supervised
+        if cfg.feddifrc.self_supervised
         else None
     )
 
@@ -66,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder.check_round_trained(server_round)
         t0 = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
-        scored = (test_images, test_labels, spec.num_classes, cfg.eval_batch_size)
+        scored = (test_images, test_labels, spec.num_classes, cfg.runtime.eval_batch_size)
         if probe is not None:
             result = linear_probe(model, *probe, *scored, device)
         else:
@@ -77,23 +80,23 @@ def main(grid: Grid, context: Context) -> None:
         )
 
     strategy = strategy_cls.from_config(
-        cfg,
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
+        cfg.section(method.section),
+        fraction_train=cfg.federation.fraction_train,
+        fraction_evaluate=cfg.federation.fraction_evaluate,
         min_train_nodes=1,
-        min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
-        min_available_nodes=cfg.min_available_clients,
+        min_evaluate_nodes=1 if cfg.federation.fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.federation.min_available_clients,
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
         evaluate_metrics_aggr_fn=recorder.aggregate_validation_metrics,
         **guidance,
     )
-    if hasattr(strategy, "round_log"):  # server-side correction (fedavg-adapt)
+    if isinstance(strategy, CorrectingFedAvg):  # its server work goes to metrics
         strategy.round_log = recorder.note_server
     train_config = ConfigRecord(local_training_config(cfg))
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
+        num_rounds=cfg.federation.num_server_rounds,
         train_config=train_config,
         evaluate_fn=central_evaluate,
     )

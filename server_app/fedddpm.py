@@ -32,7 +32,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from common import keys
+from common import keys, seeding
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import data_split
@@ -42,7 +42,7 @@ from diffusion_service.federated.auxiliary import aux_plan, sample_auxiliary
 from diffusion_service.federated.ldm import (
     build_federated_unet,
     decode_images,
-    encode_latents,
+    encode_scaled_latents,
     load_frozen_parts,
     save_diffusers,
     unet_bytes,
@@ -51,7 +51,7 @@ from diffusion_service.federated.measures import DenoisingProbe
 from diffusion_service.pretrain.sampling import save_grid
 from server_app.measures import RoundMeasures
 from server_app.reporting import RunRecorder
-from server_app.strategies import get_strategy_class
+from server_app.strategies import strategy_class
 
 NODE_WAIT_SECONDS = 300
 
@@ -67,20 +67,20 @@ def pretrain_phase(
     """
     t0 = time.perf_counter()
     deadline = time.monotonic() + NODE_WAIT_SECONDS
-    while len(node_ids := list(grid.get_node_ids())) < cfg.num_clients:
+    while len(node_ids := list(grid.get_node_ids())) < cfg.federation.num_clients:
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"phase (a) needs all {cfg.num_clients} clients; {len(node_ids)} "
+                f"phase (a) needs all {cfg.federation.num_clients} clients; {len(node_ids)} "
                 f"connected within {NODE_WAIT_SECONDS} s"
             )
         time.sleep(1)
     config = ConfigRecord(
         {
             keys.DDPM_PHASE: "pretrain",
-            keys.DDPM_STEPS: cfg.ddpm_pretrain_steps,
-            keys.DDPM_LR: cfg.ddpm_lr,
-            keys.DDPM_BATCH_SIZE: cfg.ddpm_batch_size,
-            keys.DDPM_PROMPT_DROPOUT: cfg.ddpm_prompt_dropout,
+            keys.DDPM_STEPS: cfg.fedddpm.ddpm_pretrain_steps,
+            keys.DDPM_LR: cfg.fedddpm.ddpm_lr,
+            keys.DDPM_BATCH_SIZE: cfg.fedddpm.ddpm_batch_size,
+            keys.DDPM_PROMPT_DROPOUT: cfg.fedddpm.ddpm_prompt_dropout,
         }
     )
     messages = [
@@ -111,7 +111,7 @@ def pretrain_phase(
     losses = [float(r.content[keys.METRICS][keys.TRAIN_DDPM_LOSS]) for r in ordered]
     info = {
         "clients": len(states),
-        "steps": cfg.ddpm_pretrain_steps,
+        "steps": cfg.fedddpm.ddpm_pretrain_steps,
         "seconds": time.perf_counter() - t0,
         "mean-final-loss": float(np.mean(losses)),
         "class-counts": counts.tolist(),
@@ -122,10 +122,10 @@ def pretrain_phase(
 def build_auxiliary(cfg, parts, states, counts, run_dir) -> tuple[tuple, dict]:
     """Phase (b): sample the auxiliary latents from the uploaded local models."""
     t0 = time.perf_counter()
-    plan = aux_plan(counts, cfg.aux_size)
+    plan = aux_plan(counts, cfg.fedddpm.aux_size)
     unets = []
     for state in states:
-        unet = build_federated_unet(cfg.ddpm_channels, cfg.seed)
+        unet = build_federated_unet(cfg.fedddpm.channels, cfg.seed)
         unet.load_state_dict(state)
         unets.append(unet)
     latents, labels, _ = sample_auxiliary(
@@ -133,12 +133,12 @@ def build_auxiliary(cfg, parts, states, counts, run_dir) -> tuple[tuple, dict]:
         plan,
         parts.scheduler,
         parts.text,
-        steps=cfg.sample_steps,
-        guidance_scale=cfg.sample_guidance_scale,
-        seed=cfg.seed + 1000,
+        steps=cfg.fedddpm.sample_steps,
+        guidance_scale=cfg.fedddpm.sample_guidance_scale,
+        seed=cfg.seed + seeding.GENERATION_OFFSET,
     )
     seconds = time.perf_counter() - t0
-    spec = get_spec(cfg.dataset)
+    spec = get_spec(cfg.data.dataset)
     # A look at what the server fine-tunes on: up to 8 samples per class.
     show = torch.cat(
         [torch.nonzero(labels == c)[:8, 0] for c in range(spec.num_classes)]
@@ -153,8 +153,8 @@ def build_auxiliary(cfg, parts, states, counts, run_dir) -> tuple[tuple, dict]:
         ).tolist(),
         "mix": "model k: share of aux-size proportional to client k's samples, "
         "classes in proportion to its class counts (ours)",
-        "sample-steps": cfg.sample_steps,
-        "guidance-scale": cfg.sample_guidance_scale,
+        "sample-steps": cfg.fedddpm.sample_steps,
+        "guidance-scale": cfg.fedddpm.sample_guidance_scale,
         "seconds": seconds,
     }
     return (latents, labels), info
@@ -163,16 +163,16 @@ def build_auxiliary(cfg, parts, states, counts, run_dir) -> tuple[tuple, dict]:
 def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     """Run one diffusion-model federation; return its summary."""
     t_start = time.perf_counter()
-    spec = get_spec(cfg.dataset)
-    train_set, _ = load_dataset(cfg.dataset, cfg.data_root)
+    spec = get_spec(cfg.data.dataset)
+    train_set, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     split = data_split(cfg)
     recorder = RunRecorder(cfg)
     recorder.save_partition(split, train_set.labels.numpy(), list(spec.class_names))
-    folder = resolve_guidance_model(cfg.guidance_model)
-    prompts = [cfg.prompt_template.format(name) for name in spec.class_names]
+    folder = resolve_guidance_model(cfg.guidance.model)
+    prompts = [cfg.guidance.prompt_template.format(name) for name in spec.class_names]
     parts = load_frozen_parts(folder, prompts)
     measures = RoundMeasures.build(cfg, spec, parts, recorder.dir.parent)
-    unet = build_federated_unet(cfg.ddpm_channels, cfg.seed)
+    unet = build_federated_unet(cfg.fedddpm.channels, cfg.seed)
     initial = ArrayRecord(unet.state_dict())
     text = ArrayRecord({keys.TEXT_STATES: Array(parts.text.numpy().copy())})
     record: dict[str, Any] = {
@@ -182,22 +182,25 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         "measures": measures.describe(),
     }
 
+    strategy_cls = strategy_class(cfg.method)
     aux = probe = None
-    if cfg.method != "fedddpm-avg":
+    if cfg.method_info.prepares == "generated-set":  # phases (a) and (b)
         states, counts, record["phase-a"] = pretrain_phase(grid, cfg, initial, text)
         record["phase-a"]["upload-bytes"] = len(states) * unet_bytes(unet)
         aux, record["auxiliary"] = build_auxiliary(
             cfg, parts, states, counts, recorder.dir
         )
         del states
-    if cfg.method == "fedddpm+":
+    if strategy_cls.correction == "trigger":
         # The trigger's loss: a seeded slice of the server's public split (our
         # choice; the test set is never used to decide anything).
-        idx = torch.from_numpy(split.public_slice(cfg.heldout_size, cfg.seed, 11))
+        idx = torch.from_numpy(
+            split.public_slice(cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE)
+        )
         probe = DenoisingProbe.fixed(
-            encode_latents(parts.vae, train_set.images[idx]),
+            encode_scaled_latents(parts.vae, train_set.images[idx]),
             train_set.labels[idx],
-            seed=cfg.seed + 11,
+            seed=cfg.seed + seeding.HELDOUT_SLICE,
         )
     atomic_write_json(recorder.dir / "fedddpm.json", record)
 
@@ -210,16 +213,17 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         pending.update(aggregated, clients=len(records))
         return aggregated
 
-    strategy = get_strategy_class(cfg.method).from_config(
-        cfg,
+    strategy = strategy_cls.from_config(
+        cfg.fedddpm,
+        seed=cfg.seed,
         parts=parts,
         aux=aux,
         trigger_probe=probe,
-        fraction_train=cfg.fraction_train,
+        fraction_train=cfg.federation.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=1,
         min_evaluate_nodes=0,
-        min_available_nodes=cfg.min_available_clients,
+        min_available_nodes=cfg.federation.min_available_clients,
         train_metrics_aggr_fn=train_metrics,
     )
     strategy.round_log = lambda info: server.update(info)
@@ -252,7 +256,7 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             "[round %d/%d] denoising loss %.4f | FD %.2f | sample accuracy %.1f%% | "
             "corrected %s | server %.1f s (measures %.1f s)",
             server_round,
-            cfg.num_server_rounds,
+            cfg.federation.num_server_rounds,
             values["heldout-denoising-loss"],
             values["frechet-distance"],
             100 * values["sample-accuracy"],
@@ -270,7 +274,7 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     result = strategy.start(
         grid=grid,
         initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
+        num_rounds=cfg.federation.num_server_rounds,
         train_config=ConfigRecord(),
         evaluate_fn=evaluate_fn,
     )
@@ -280,10 +284,10 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     final = rows[-1]
     summary = {
         "method": cfg.method,
-        "dataset": cfg.dataset,
-        "partitioner": cfg.partitioner,
-        "num-clients": cfg.num_clients,
-        "num-server-rounds": cfg.num_server_rounds,
+        "dataset": cfg.data.dataset,
+        "partitioner": cfg.data.partitioner,
+        "num-clients": cfg.federation.num_clients,
+        "num-server-rounds": cfg.federation.num_server_rounds,
         "final-round": final["round"],
         "final-heldout-denoising-loss": final["heldout-denoising-loss"],
         "final-frechet-distance": final["frechet-distance"],

@@ -40,7 +40,7 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from common.config import ADAPT_METHODS, RunConfig
+from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import make_model
 from common.partition import DataSplit
@@ -55,7 +55,7 @@ from server_app.adaptation import prepare_adaptation
 if TYPE_CHECKING:
     from diffusion_service import Extractor, FeatureRecipe, Session
 
-# Self-supervised FedDifRC's prompts (FedDifRC paper notes, papers.md 2.2),
+# Self-supervised FedDifRC's prompts (docs/methods.md, FedDifRC),
 # filled into the prompt template: "a photo of a similar object" is the TDCL
 # positive, "a photo of a visual object" the NDCR target.
 SS_POSITIVE = "similar object"
@@ -70,7 +70,7 @@ def store_root(cfg: RunConfig) -> Path:
 
     Absolute, because the ClientApps read it from another working directory.
     """
-    root = cfg.feature_store or str(Path(cfg.output_dir) / "feature-store")
+    root = cfg.guidance.feature_store or str(Path(cfg.runtime.output_dir) / "feature-store")
     return Path(root).expanduser().resolve()
 
 
@@ -81,17 +81,12 @@ def make_recipe(
     from diffusion_service import FeatureRecipe
 
     return FeatureRecipe(
-        timestep=cfg.guidance_timestep,
-        up_blocks=cfg.guidance_up_blocks,
-        prompt_template=cfg.prompt_template,
+        timestep=cfg.guidance.timestep,
+        up_blocks=cfg.guidance.up_blocks,
+        prompt_template=cfg.guidance.prompt_template,
         dim=dim,
         num_negatives=num_negatives,
     )
-
-
-def guidance_path(cfg: RunConfig) -> str:
-    """Where the guidance model runs: ``"in-process"`` or the service's address."""
-    return cfg.guidance_service or "in-process"
 
 
 @contextmanager
@@ -107,26 +102,26 @@ def guidance_extractor(
     """
     from diffusion_service import FeatureExtractor, GuidanceModel
 
-    if not cfg.guidance_service:
+    if not cfg.guidance.service:
         model = GuidanceModel.from_pretrained(
-            resolve_guidance_model(cfg.guidance_model), device=cfg.device
+            resolve_guidance_model(cfg.guidance.model), device=cfg.runtime.device
         )
         yield FeatureExtractor(model, recipe, class_names)
         return
     from diffusion_service.remote import RemoteFeatureExtractor, connect
 
     with connect(
-        cfg.guidance_service,
-        root_ca=cfg.guidance_service_ca or None,
-        token_file=cfg.guidance_service_token_file,
-        insecure=cfg.guidance_service_insecure,
+        cfg.guidance.service,
+        root_ca=cfg.guidance.service_ca or None,
+        token_file=cfg.guidance.service_token_file,
+        insecure=cfg.guidance.service_insecure,
         timeout=SERVICE_CALL_TIMEOUT,
     ) as service:
         extractor = RemoteFeatureExtractor(service, recipe, class_names)
         log(
             INFO,
             "Guidance service %s: model %s on %s",
-            cfg.guidance_service,
+            cfg.guidance.service,
             extractor.model.fingerprint[:12],
             extractor.model.device,
         )
@@ -151,7 +146,7 @@ def guidance_session(
 
     from diffusion_service import open_extractor_session
 
-    spec = get_spec(cfg.dataset)
+    spec = get_spec(cfg.data.dataset)
     names = list(spec.class_names)
     if self_supervised:
         # No labels: every sample gets the same prompt set, [positive, NDCR,
@@ -159,11 +154,11 @@ def guidance_session(
         names = [SS_POSITIVE, SS_NDCR, *names]
     recipe = make_recipe(cfg, make_model(cfg, spec).embedding_dim, num_negatives)
     with guidance_extractor(cfg, recipe, names) as extractor:
-        train, _ = load_dataset(cfg.dataset, cfg.data_root)
+        train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
         labels = torch.zeros_like(train.labels) if self_supervised else train.labels
         yield open_extractor_session(
             extractor,
-            dataset=f"{cfg.dataset}-train" + ("-ss" if self_supervised else ""),
+            dataset=f"{cfg.data.dataset}-train" + ("-ss" if self_supervised else ""),
             images=train.images,
             labels=labels,
             root=store_root(cfg),
@@ -200,9 +195,9 @@ def feddifrc_kinds(cfg: RunConfig) -> tuple[str, ...]:
     true-class prompt, i.e. the ``cond`` row of the true class (bitwise, since
     every U-Net call has the same shape), so it is not computed twice.
     """
-    if cfg.self_supervised or cfg.tdcl_weight > 0:
+    if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_weight > 0:
         return ("cond",)
-    return ("noise",) if cfg.ndcr_weight > 0 else ()
+    return ("noise",) if cfg.feddifrc.ndcr_weight > 0 else ()
 
 
 def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
@@ -213,11 +208,11 @@ def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
     if not kinds:
         return "", {}
     num_negatives = (
-        None if cfg.self_supervised or cfg.tdcl_negatives == 0 else cfg.tdcl_negatives
+        None if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0 else cfg.feddifrc.tdcl_negatives
     )
     indices = np.unique(np.concatenate(split.clients))
     with guidance_session(
-        cfg, split, num_negatives=num_negatives, self_supervised=cfg.self_supervised
+        cfg, split, num_negatives=num_negatives, self_supervised=cfg.feddifrc.self_supervised
     ) as session:
         stats = extract(session, kinds=kinds, indices=indices, progress=False)
         fingerprint = session.extractor.model.fingerprint
@@ -242,10 +237,10 @@ def prepare_feddifrc_latents(
     if not kinds:
         return {}, {}
     num_negatives = (
-        None if cfg.self_supervised or cfg.tdcl_negatives == 0 else cfg.tdcl_negatives
+        None if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0 else cfg.feddifrc.tdcl_negatives
     )
     with guidance_session(
-        cfg, split, num_negatives=num_negatives, self_supervised=cfg.self_supervised
+        cfg, split, num_negatives=num_negatives, self_supervised=cfg.feddifrc.self_supervised
     ) as session:
         extractor = session.extractor
         projection = ensure_projection(session, progress=False)
@@ -256,9 +251,9 @@ def prepare_feddifrc_latents(
             latent_shape=tuple(extractor.model.latent_shape(extractor.resolution)),
             # Supervised prompt sets start from the true class; self-supervised
             # ones use no label, so none is asked for.
-            needs_labels=not cfg.self_supervised,
+            needs_labels=not cfg.feddifrc.self_supervised,
             vae=extractor.model.vae_fingerprint,
-            min_nodes=cfg.min_available_clients,
+            min_nodes=cfg.federation.min_available_clients,
             timeout=SERVICE_CALL_TIMEOUT,
         )
         features = {}
@@ -279,25 +274,29 @@ def prepare_feddifrc_latents(
 def guidance_kwargs(
     cfg: RunConfig, split: DataSplit, grid: Grid | None = None
 ) -> tuple[dict[str, Any], dict]:
-    """Strategy constructor arguments of a guided method, and a record of the work.
+    """Strategy constructor arguments of a method, and a record of the work.
 
-    Returns ``({}, {})`` for the other methods. The record (where the model
-    ran, its fingerprint, seconds, store, samples computed) goes to the run
-    folder's ``guidance.json``. ``grid`` is needed for FedDifRC's
-    latent-upload query round.
+    What is prepared is the method's registry entry's ``prepares``
+    (``common.methods``); ``({}, {})`` when it is ``nothing``. The record
+    (where the model ran, its fingerprint, seconds, store, samples computed)
+    goes to the run folder's ``guidance.json``. ``grid`` is needed for
+    FedDifRC's latent-upload query round.
     """
-    if cfg.method in ADAPT_METHODS:  # generated images, made in process
-        kwargs, info = prepare_adaptation(cfg, split)
-        return kwargs, {"method": cfg.method, "guidance-model": cfg.guidance_model, **info}
-    if cfg.method not in ("feddifrc", "semanticfl"):
+    prepares = cfg.method_info.prepares
+    if prepares == "nothing":
         return {}, {}
+    if prepares == "generated-set":  # images generated in process
+        kwargs, info = prepare_adaptation(cfg, split)
+        return kwargs, {"method": cfg.method, "guidance-model": cfg.guidance.model, **info}
+    if prepares not in ("class-anchors", "instance-features"):
+        raise NotImplementedError(f"no preparation for {prepares!r} ({cfg.method})")
     t0 = time.perf_counter()
-    where = guidance_path(cfg)
+    where = cfg.guidance.where
     log(INFO, "Preparing %s guidance (%s) ...", cfg.method, where)
-    if cfg.method == "semanticfl":
+    if prepares == "class-anchors":
         anchors, info = prepare_semanticfl(cfg, split)
         kwargs: dict[str, Any] = {"anchors": anchors}
-    elif cfg.feddifrc_features == "latent-upload":
+    elif cfg.feddifrc.features == "latent-upload":
         if grid is None:
             raise ValueError("the latent-upload query round needs the Grid")
         features, info = prepare_feddifrc_latents(cfg, split, grid)
@@ -310,7 +309,7 @@ def guidance_kwargs(
     log(INFO, "Guidance ready in %.1f s: %s", seconds, info)
     # With a service, guidance-model does not apply; "model" (the fingerprint)
     # says which model ran either way.
-    chosen = {"guidance-model": cfg.guidance_model} if where == "in-process" else {}
+    chosen = {"guidance-model": cfg.guidance.model} if where == "in-process" else {}
     return kwargs, {
         "method": cfg.method,
         "guidance-service": where,

@@ -28,7 +28,7 @@ from common.federation import data_split
 from diffusion_service.federated.ldm import (
     FrozenParts,
     decode_images,
-    encode_latents,
+    encode_scaled_latents,
     sample_latents,
 )
 from diffusion_service.federated.measures import (
@@ -59,7 +59,7 @@ class RoundMeasures:
         cls, cfg: RunConfig, spec: DatasetSpec, parts: FrozenParts, cache_root: Path
     ) -> RoundMeasures:
         """Fixed sets, the cached classifier and the real-image statistics."""
-        train, test = load_dataset(cfg.dataset, cfg.data_root)
+        train, test = load_dataset(cfg.data.dataset, cfg.data.data_root)
         split = data_split(cfg)
         public = torch.from_numpy(np.sort(split.public))
         classifier, cinfo = fixed_classifier(
@@ -78,23 +78,23 @@ class RoundMeasures:
             (logits.argmax(1) == test.labels[real]).float().mean()
         )
         held = torch.from_numpy(
-            np.sort(rng.choice(len(test.labels), cfg.heldout_size, replace=False))
+            np.sort(rng.choice(len(test.labels), cfg.fedddpm.heldout_size, replace=False))
         )
         probe = DenoisingProbe.fixed(
-            encode_latents(parts.vae, test.images[held]),
+            encode_scaled_latents(parts.vae, test.images[held]),
             test.labels[held],
             seed=cfg.seed + 5,
         )
         real_stats = gaussian_stats(feats)
-        n = cfg.measure_samples
+        n = cfg.fedddpm.measure_samples
         # References at the same N: real images, and their VAE reconstructions.
         ref = torch.from_numpy(rng.choice(len(test.labels), n, replace=False))
         real_n = test.images[ref]
         recon = decode_images(
-            parts.vae, encode_latents(parts.vae, real_n), spec.image_size
+            parts.vae, encode_scaled_latents(parts.vae, real_n), spec.image_size
         )
         info = {
-            "heldout-set": f"{cfg.heldout_size} test images (seeded), 7 timesteps each",
+            "heldout-set": f"{cfg.fedddpm.heldout_size} test images (seeded), 7 timesteps each",
             "feature-space": "128-d penultimate embedding of the fixed classifier",
             "real-reference": f"{n_ref} test images (seeded)",
             "classifier": cinfo,
@@ -123,8 +123,8 @@ class RoundMeasures:
             parts.scheduler,
             parts.text,
             self.sample_labels,
-            steps=cfg.sample_steps,
-            guidance_scale=cfg.sample_guidance_scale,
+            steps=cfg.fedddpm.sample_steps,
+            guidance_scale=cfg.fedddpm.sample_guidance_scale,
             seed=self.seed,
         )
         images = decode_images(parts.vae, z, self.spec.image_size)

@@ -38,7 +38,7 @@ from server_app.plots import plot_accuracy, plot_partition_heatmap
 def default_run_name(cfg: RunConfig) -> str:
     """``<method>-<dataset>-<partitioner>-<UTC timestamp>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{cfg.method}-{cfg.dataset}-{cfg.partitioner}-{stamp}"
+    return f"{cfg.method}-{cfg.data.dataset}-{cfg.data.partitioner}-{stamp}"
 
 
 class RunRecorder:
@@ -46,8 +46,8 @@ class RunRecorder:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        name = cfg.run_name or default_run_name(cfg)
-        self.dir = Path(cfg.output_dir).expanduser().resolve() / name
+        name = cfg.runtime.run_name or default_run_name(cfg)
+        self.dir = Path(cfg.runtime.output_dir).expanduser().resolve() / name
         if self.dir.exists() and any(self.dir.iterdir()):
             raise FileExistsError(
                 f"run folder {self.dir} already exists and is not empty; choose another "
@@ -94,13 +94,13 @@ class RunRecorder:
 
     def _setting(self) -> str:
         """Plot title: dataset, split and federation size."""
-        c = self.cfg
-        split = c.partitioner
+        data = self.cfg.data
+        split = data.partitioner
         if "dirichlet" in split:
-            split += f" beta={c.dirichlet_beta}"
+            split += f" beta={data.dirichlet_beta}"
         if "longtail" in split:
-            split += f" rho={c.longtail_rho}"
-        return f"{c.dataset}, {split}, {c.num_clients} clients"
+            split += f" rho={data.longtail_rho}"
+        return f"{data.dataset}, {split}, {self.cfg.federation.num_clients} clients"
 
     def aggregate_train_metrics(
         self, records: list[RecordDict], weighting_key: str
@@ -178,7 +178,7 @@ class RunRecorder:
             "[round %d/%d] test accuracy %.2f%% | test loss %.4f | best %.2f%% (round %d)"
             " | train loss %s%s | %.1f s (eval %.1f s)",
             server_round,
-            self.cfg.num_server_rounds,
+            self.cfg.federation.num_server_rounds,
             100 * result.accuracy,
             result.loss,
             100 * self.accuracy[best],
@@ -231,10 +231,10 @@ class RunRecorder:
         best = int(np.argmax(self.accuracy))
         summary = {
             "method": self.cfg.method,
-            "dataset": self.cfg.dataset,
-            "partitioner": self.cfg.partitioner,
-            "num-clients": self.cfg.num_clients,
-            "num-server-rounds": self.cfg.num_server_rounds,
+            "dataset": self.cfg.data.dataset,
+            "partitioner": self.cfg.data.partitioner,
+            "num-clients": self.cfg.federation.num_clients,
+            "num-server-rounds": self.cfg.federation.num_server_rounds,
             "final-round": self.rounds[-1],
             "final-round-accuracy": self.accuracy[-1],
             "best-round": self.rounds[best],

@@ -1,7 +1,8 @@
 """Shared fixtures of the diffusion-service tests (imported by tests/test_diffusion_*).
 
 Tiny random diffusers components with the exact configs of diffusers' own tests
-(notes/conventions.md section 7), each built after ``torch.manual_seed(0)``,
+(the Stable Diffusion pipeline test's dummy components; the toy BPE vocabulary
+of transformers' CLIP tokenizer tests), each built after ``torch.manual_seed(0)``,
 saved with ``save_pretrained`` and loaded back through the real
 ``GuidanceModel.from_pretrained``. Nothing touches the network.
 """

@@ -171,7 +171,7 @@ def test_client_trains_on_its_train_part_and_evaluates_on_its_validation_part(
     )
     scored = client.evaluate(msg, context).content[keys.METRICS]
     x, y = client_tensors(cfg, 3, "validation")
-    expected = evaluate(model, x, y, 10, cfg.eval_batch_size, torch.device("cpu"))
+    expected = evaluate(model, x, y, 10, cfg.runtime.eval_batch_size, torch.device("cpu"))
     assert scored[keys.NUM_EXAMPLES] == len(y) == 64
     assert scored[keys.EVAL_ACCURACY] == pytest.approx(expected.accuracy)
     assert scored[keys.EVAL_LOSS] == pytest.approx(expected.loss)

@@ -3,7 +3,8 @@
 import pytest
 
 from common.config import ConfigError, RunConfig
-from server_app.strategies import STRATEGIES, get_strategy_class
+from common.methods import METHODS
+from server_app.strategies import strategy_class
 
 # A complete guidance-service setting (TLS + token); cases override one key.
 SERVICE = {
@@ -17,7 +18,7 @@ def test_pyproject_defaults_are_valid_and_complete(defaults):
     cfg = RunConfig.from_run_config(defaults)
     # every field is exposed in pyproject.toml, so every tunable is overridable
     assert set(defaults) == set(cfg.to_run_config())
-    assert cfg.method in STRATEGIES
+    assert cfg.method in METHODS
 
 
 @pytest.mark.parametrize(
@@ -115,15 +116,15 @@ def test_ints_are_accepted_for_floats_and_cast(defaults):
     cfg = RunConfig.from_run_config(
         {**defaults, "dirichlet-beta": 1, "num-clients": 4.0}
     )
-    assert cfg.dirichlet_beta == 1.0 and isinstance(cfg.dirichlet_beta, float)
-    assert cfg.num_clients == 4 and isinstance(cfg.num_clients, int)
+    assert cfg.data.dirichlet_beta == 1.0 and isinstance(cfg.data.dirichlet_beta, float)
+    assert cfg.federation.num_clients == 4 and isinstance(cfg.federation.num_clients, int)
 
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(
         ValueError, match="valid: fedavg, .*feddifrc, .*moon, semanticfl"
     ):
-        get_strategy_class("scaffold")
+        strategy_class("scaffold")
 
 
 @pytest.mark.parametrize("method", ["feddifrc", "semanticfl"])
@@ -135,7 +136,7 @@ def test_guided_methods_need_the_public_split(defaults, method):
     cfg = RunConfig.from_run_config(
         {**defaults, "method": method, "public-split-size": 500}
     )
-    assert cfg.guidance_up_blocks == (1, 2, 3)
+    assert cfg.guidance.up_blocks == (1, 2, 3)
 
 
 def test_self_supervised_is_feddifrc_only_and_needs_a_term(defaults):
@@ -147,12 +148,12 @@ def test_self_supervised_is_feddifrc_only_and_needs_a_term(defaults):
             {**guided, "method": "feddifrc", "tdcl-weight": 0, "ndcr-weight": 0}
         )
     cfg = RunConfig.from_run_config({**guided, "method": "feddifrc"})
-    assert cfg.self_supervised
+    assert cfg.feddifrc.self_supervised
 
 
 def test_guidance_layers_parse(defaults):
     cfg = RunConfig.from_run_config({**defaults, "guidance-layers": " 3, 0 "})
-    assert cfg.guidance_up_blocks == (3, 0)
+    assert cfg.guidance.up_blocks == (3, 0)
 
 
 @pytest.mark.parametrize(
@@ -170,5 +171,5 @@ def test_guidance_layers_parse(defaults):
 )
 def test_guidance_service_settings_that_are_valid(defaults, service):
     cfg = RunConfig.from_run_config({**defaults, **service})
-    assert cfg.guidance_service == service["guidance-service"]
-    assert RunConfig.from_run_config(defaults).guidance_service == ""  # in-process
+    assert cfg.guidance.service == service["guidance-service"]
+    assert RunConfig.from_run_config(defaults).guidance.service == ""  # in-process

@@ -152,7 +152,7 @@ def test_app_image_builds_on_flower_superexec_with_cpu_torch():
 def test_demo_run_config_is_valid_and_fits_the_containers():
     run = tomllib.loads((COMPOSE_DIR / "run-config.toml").read_text())
     cfg = resolve_config(COMPOSE_DIR.parents[1], run)  # the apps' own validation
-    assert cfg.num_clients == NODES and cfg.min_available_clients < NODES
+    assert cfg.federation.num_clients == NODES and cfg.federation.min_available_clients < NODES
     entry = (COMPOSE_DIR / "serverapp-entrypoint.sh").read_text()
     assert f"--address {run['guidance-service']}" in entry
     server = _config("cpu")["services"]["superexec-serverapp"]

@@ -31,7 +31,7 @@ from diffusion_service.remote import (
     GuidanceServiceError,
     LatentFeatureExtractor,
     RemoteGuidance,
-    encode_latents,
+    encode_posterior_mean,
 )
 from diffusion_service.remote.auth import bearer
 from diffusion_service.remote.batcher import MicroBatcher
@@ -262,7 +262,7 @@ def test_latents_give_the_image_path_bits(client, ref, fmnist_small, names):
     """VAE posterior means uploaded as latents: same bits as sending the images."""
     images, labels, idx = batch(fmnist_small, 5, 9)
     want, _ = expected_raw(ref, images, labels, idx)
-    latents = encode_latents(ref, images)
+    latents = encode_posterior_mean(ref, images)
     assert latents.shape == (9, 4, 16, 16)
     got = client.features(
         latents=latents, indices=idx, recipe=REC, class_names=names, kind="noise",

@@ -7,7 +7,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from common import keys
 from common.models import build_model
-from server_app.strategies import FedAvgAdapt
+from server_app.strategies.fedavg_adapt import FedAvgAdapt
 
 
 def adapt_one_round(generated_labels, lr: float):
@@ -93,7 +93,7 @@ def test_the_adaptation_data_is_generated_once_and_validated_on_the_public_split
         }
     )
     split = data_split(cfg)
-    spec = get_spec(cfg.dataset)
+    spec = get_spec(cfg.data.dataset)
 
     # Act
     kwargs, record = guidance_kwargs(cfg, split)
@@ -104,7 +104,7 @@ def test_the_adaptation_data_is_generated_once_and_validated_on_the_public_split
     assert set(labels.tolist()) <= set(range(spec.num_classes))
     x, y = kwargs["validation"]
     assert len(y) == 12 and record["validation-images"] == 12
-    train, _ = load_dataset(cfg.dataset, cfg.data_root)
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     public = to_float(train.images[np.sort(split.public)], spec).flatten(1)
     for row in x.flatten(1):  # every validation image is one of the public split's
         assert (public == row).all(dim=1).any()

@@ -14,7 +14,7 @@ from common.config import ConfigError, RunConfig
 from diffusion_service.federated.auxiliary import aux_plan, sample_auxiliary
 from diffusion_service.federated.ldm import (
     build_federated_unet,
-    encode_latents,
+    encode_scaled_latents,
     load_frozen_parts,
     save_diffusers,
     train_unet,
@@ -92,7 +92,7 @@ def test_training_lowers_the_fixed_heldout_loss(parts):
     torch.manual_seed(0)
     images = (torch.rand(32, 1, 28, 28) * 255).to(torch.uint8)
     labels = torch.arange(32) % 3
-    z = encode_latents(parts.vae, images)
+    z = encode_scaled_latents(parts.vae, images)
     probe = DenoisingProbe.fixed(z[:8], labels[:8], seed=0)
     unet = build_federated_unet(TINY, seed=0)
     before = probe.loss(unet, parts.scheduler, parts.text)
@@ -156,11 +156,12 @@ def test_bad_fedddpm_values_fail_with_a_message_naming_the_key(override, message
 
 
 def test_fedddpm_methods_are_registered():
-    from server_app.strategies import STRATEGIES, FedDDPM, FedDDPMAvg, FedDDPMPlus
+    from server_app.strategies import strategy_class
+    from server_app.strategies.fedddpm import FedDDPM, FedDDPMAvg, FedDDPMPlus
 
-    assert STRATEGIES["fedddpm"] is FedDDPM
-    assert STRATEGIES["fedddpm+"] is FedDDPMPlus
-    assert STRATEGIES["fedddpm-avg"] is FedDDPMAvg
-    assert RunConfig.from_run_config({"method": "fedddpm+"}).ddpm_channels == (
+    assert strategy_class("fedddpm") is FedDDPM
+    assert strategy_class("fedddpm+") is FedDDPMPlus
+    assert strategy_class("fedddpm-avg") is FedDDPMAvg
+    assert RunConfig.from_run_config({"method": "fedddpm+"}).fedddpm.channels == (
         16, 32, 32, 32,
     )  # fmt: skip

@@ -120,7 +120,7 @@ def test_feddifrc_store_holds_every_client_sample_and_clients_read_their_own(
 
     from common.datasets import load_dataset
 
-    labels = load_dataset(cfg.dataset)[0].labels
+    labels = load_dataset(cfg.data.dataset)[0].labels
     own = split.clients[1]
     g = instance_features(path, own, labels[own], tdcl=True, ndcr=True)
     assert g.f_pos.shape == (len(own), D) and g.f_neg.shape == (len(own), 9, D)

@@ -189,13 +189,18 @@ def test_settings_switch_terms_by_present_keys():
             **base,
             keys.NDCR_WEIGHT: 0.5,
             keys.NDCR_MODE: "kl",
+            keys.NDCR_TAU: 0.1,
             keys.FEATURE_STORE: "/x",
             keys.CON_WEIGHT: 0.01,
+            keys.CON_TAU: 0.05,
         }
     )
     assert s.ndcr_weight == 0.5 and s.ndcr_mode == "kl" and s.tdcl_weight is None
     assert s.con_weight == 0.01 and s.kd_weight is None and s.feature_store == "/x"
     assert s.needs_instance_features and s.needs_anchors
+    # The strategy sends a term's settings with its weight: none may be missing.
+    with pytest.raises(KeyError, match=r"'con-weight' but lacks \['con-tau'\]"):
+        LocalSettings.from_config({**base, keys.CON_WEIGHT: 0.01})
 
 
 def test_client_handler_reads_anchors_from_the_message(defaults, task_identity):

@@ -8,7 +8,6 @@ diffusion_conftest stands in for the guidance model.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -27,11 +26,11 @@ from common.federation import (
     data_split,
 )
 from diffusion_service import FeatureExtractor
-from diffusion_service.remote import encode_latents
+from diffusion_service.remote import encode_posterior_mean
 from diffusion_service.vae_encoder import VaeEncoder
 from server_app.guidance import guidance_kwargs
 from server_app.latent_query import parse_upload
-from server_app.strategies import FedDifRC
+from server_app.strategies.feddifrc import FedDifRC
 
 pytest_plugins = ("diffusion_conftest",)
 pytestmark = pytest.mark.usefixtures("single_thread", "task_identity")
@@ -70,7 +69,7 @@ class QueryGrid:
 def settings_for(cfg) -> LocalSettings:
     return LocalSettings(
         lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=8,
-        tdcl_weight=cfg.tdcl_weight, ndcr_weight=cfg.ndcr_weight,
+        tdcl_weight=cfg.feddifrc.tdcl_weight, ndcr_weight=cfg.feddifrc.ndcr_weight,
         feature_source="latent-upload",
     )  # fmt: skip
 
@@ -84,7 +83,7 @@ def test_vae_encoder_alone_gives_the_extractors_latents(
     encoder = VaeEncoder.from_pretrained(
         tiny_sd_dir, resolution=extractor.resolution, micro_batch=recipe.micro_batch
     )
-    want = encode_latents(extractor, images[:13])
+    want = encode_posterior_mean(extractor, images[:13])
     got = encoder.encode(images[:13])
     assert got.numpy().tobytes() == want.numpy().tobytes()
     assert encoder.fingerprint == tiny_model.vae_fingerprint
@@ -93,8 +92,8 @@ def test_vae_encoder_alone_gives_the_extractors_latents(
 def test_uploaded_features_equal_the_store_path(defaults, tiny_sd_dir, tmp_path):
     """Every node's features from its latents == its rows of the server's store."""
     up_cfg = _cfg(defaults, tiny_sd_dir, tmp_path / "up", **LATENT_UPLOAD)
-    store_cfg = dataclasses.replace(up_cfg, feddifrc_features="server-store",
-                                    output_dir=str(tmp_path / "store"))  # fmt: skip
+    store_cfg = up_cfg.with_overrides({"feddifrc-features": "server-store",
+                                       "output-dir": str(tmp_path / "store")})  # fmt: skip
     split = data_split(up_cfg)
     kwargs, record = guidance_kwargs(up_cfg, split, QueryGrid(up_cfg))
     assert set(kwargs["node_features"]) == {10, 11, 12}

@@ -8,15 +8,18 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common import keys
-from common.config import GUIDED_METHODS, RunConfig
-from server_app.strategies import (
-    STRATEGIES,
-    FedAvg,
-    FedDifRC,
-    FedProx,
-    Moon,
-    SemanticFL,
-)
+from common.config import RunConfig
+from common.methods import methods_where
+from server_app.strategies import all_strategies
+from server_app.strategies.fedavg import FedAvg
+from server_app.strategies.fedavgm import FedAvgM
+from server_app.strategies.feddifrc import FedDifRC
+from server_app.strategies.fedprox import FedProx
+from server_app.strategies.moon import Moon
+from server_app.strategies.semanticfl import SemanticFL
+
+STRATEGIES = all_strategies()
+GUIDED_METHODS = methods_where(guided=True)
 
 ANCHORS = {
     "text": np.arange(6, dtype=np.float32).reshape(3, 2),
@@ -32,15 +35,24 @@ def _fedddpm_prepared():
 
     parts = FrozenParts(None, None, torch.zeros(4, 77, 384), Path("."))
     aux = (torch.zeros(4, 4, 8, 8), torch.zeros(4, dtype=torch.long))
-    return {"parts": parts, "aux": aux, "trigger_probe": Mock()}
+    return {"parts": parts, "aux": aux, "trigger_probe": Mock(), "seed": 0}
 
 
 def _adaptation_prepared():
     """What server_app/adaptation.py hands fedavg-adapt(+) (a stand-in)."""
     import torch
 
+    from common.models import build_model
+
     images = (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
-    return {"generated": images, "validation": images}
+    model = build_model("resnet10", 1, 10, 16, 28)
+    return {
+        "generated": images,
+        "validation": images,
+        "model": model,
+        "batch_size": 64,
+        "seed": 0,
+    }
 
 
 PREPARED = {
@@ -70,7 +82,8 @@ def build(name: str, defaults: dict, overrides=None, **kwargs):
             **(overrides or {}),
         }
     )
-    return STRATEGIES[name].from_config(cfg, **PREPARED.get(name, {}), **kwargs)
+    section = cfg.section(cfg.method_info.section)
+    return STRATEGIES[name].from_config(section, **PREPARED.get(name, {}), **kwargs)
 
 
 def one_message(strategy, server_round=1):
@@ -127,12 +140,13 @@ def test_method_keys_in_train_config(defaults, task_identity):
         )
         return dict(msg.content[keys.CONFIG])
 
-    assert config_of(FedAvg.from_config(cfg)) == {keys.SERVER_ROUND: 1}
-    assert config_of(FedProx.from_config(cfg)) == {
+    assert config_of(FedAvg.from_config(None)) == {keys.SERVER_ROUND: 1}
+    assert config_of(FedAvgM.from_config(cfg.baselines)) == {keys.SERVER_ROUND: 1}
+    assert config_of(FedProx.from_config(cfg.baselines)) == {
         keys.SERVER_ROUND: 1,
         keys.PROXIMAL_MU: 0.1,
     }
-    assert config_of(Moon.from_config(cfg)) == {
+    assert config_of(Moon.from_config(cfg.baselines)) == {
         keys.SERVER_ROUND: 1,
         keys.MOON_MU: 5.0,
         keys.MOON_TAU: 0.3,
@@ -141,9 +155,11 @@ def test_method_keys_in_train_config(defaults, task_identity):
 
 # These fine-tune the mean on the server after aggregating (tests/test_fedddpm*.py).
 CORRECTING = {"fedavg-adapt", "fedavg-adapt+", "fedddpm", "fedddpm+"}
+# These step from the previous global model (test_fedavgm_applies_server_momentum).
+SERVER_OPTIMISER = {"fedavgm"}
 
 
-@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - CORRECTING))
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - CORRECTING - SERVER_OPTIMISER))
 def test_aggregation_is_the_weighted_mean(name, defaults):
     # Prepare: weights 1 and 3 on arrays of ones and threes -> (1 + 9) / 4 = 2.5
     strategy = build(name, defaults)
@@ -238,3 +254,22 @@ def test_semanticfl_ablation_is_config_only(
 def test_semanticfl_rejects_mismatched_anchors():
     with pytest.raises(ValueError, match=r"\(C, d\)"):
         SemanticFL(anchors={"text": np.ones((3, 2)), "visual": np.ones((3, 4))})
+
+
+def test_fedavgm_applies_server_momentum(defaults, task_identity):
+    # Prepare: the global model is 0; momentum 0.9, server learning rate 1.
+    strategy = build("fedavgm", defaults, {"server-momentum": 0.9})
+    grid = FakeGrid([1, 2])
+    list(strategy.configure_train(1, ArrayRecord([np.zeros(2)]), ConfigRecord({}), grid))
+    # Execute: round 1, both clients reach 1 (pseudo-gradient -1, momentum -1);
+    # round 2, both move on to 2 (pseudo-gradient -1, momentum 0.9 * -1 - 1).
+    first, _ = strategy.aggregate_train(
+        1, [create_mock_reply(ArrayRecord([np.ones(2)]), n) for n in (1, 3)]
+    )
+    list(strategy.configure_train(2, first, ConfigRecord({}), grid))
+    second, _ = strategy.aggregate_train(
+        2, [create_mock_reply(ArrayRecord([np.full(2, 2.0)]), n) for n in (1, 3)]
+    )
+    # Assert: 0 + 1 = 1, then 1 + 1.9 = 2.9 (plain FedAvg would give 2).
+    np.testing.assert_allclose(first.to_numpy_ndarrays()[0], np.ones(2))
+    np.testing.assert_allclose(second.to_numpy_ndarrays()[0], np.full(2, 2.9))

@@ -2,7 +2,7 @@
 
 The paper: the server "uses these local models to generate an auxiliary
 dataset that approximately represents the global data distribution" (size and
-mix not given; notes/papers.md section 3). OUR choice of mix: local model k
+mix not given; ``docs/methods.md``, FedDDPM). OUR choice of mix: local model k
 contributes a share of ``aux-size`` proportional to its client's sample count
 n_k, and within it each class in proportion to that client's class counts, so
 the union follows the federation's label distribution (the sum of the counts)

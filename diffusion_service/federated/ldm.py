@@ -20,14 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.seeding import FEDERATED_STEP_DRAWS, FEDERATED_UNET, mix_seed
+
 from ..pretrain.components import (
     build_scheduler,
     build_unet,
     encode_prompts,
     load_text_encoder,
 )
-from ..pretrain.data import mix_seed, to_model_input, to_uint8_gray
+from ..pretrain.data import to_uint8_gray
 from ..text_encoder_ref import REFERENCE_FILE
+from ..vae_io import to_model_input
 
 LATENT_SIZE = 8  # the embedded VAE: 32 px -> 4 x 8 x 8
 HEAD_DIM = 8  # attention head width, as the embedded U-Net
@@ -90,8 +93,13 @@ def build_federated_unet(channels: tuple[int, ...], seed: int):
 
 
 @torch.no_grad()
-def encode_latents(vae, images: Tensor, batch: int = 256) -> Tensor:
-    """uint8 (N, C, H, W) -> scaled latents ``posterior.mean * scaling_factor``."""
+def encode_scaled_latents(vae, images: Tensor, batch: int = 256) -> Tensor:
+    """uint8 (N, C, H, W) -> scaled latents ``posterior.mean * scaling_factor``.
+
+    What the U-Net is trained on and samples; not the unscaled posterior mean
+    a latent-sharing client uploads
+    (:func:`~diffusion_service.vae_io.encode_posterior_mean`).
+    """
     res = LATENT_SIZE * 2 ** (len(vae.config.block_out_channels) - 1)
     out = [
         vae.encode(to_model_input(images[i : i + batch], res)).latent_dist.mean
@@ -160,7 +168,9 @@ def train_unet(
     total = 0.0
     for step in range(steps):
         # Every draw is a pure function of (seed, step): reproducible runs.
-        g = torch.Generator().manual_seed(mix_seed(seed, 3, step, 0))
+        g = torch.Generator().manual_seed(
+            mix_seed(seed, FEDERATED_UNET, step, FEDERATED_STEP_DRAWS)
+        )
         idx = torch.randint(0, len(latents), (batch_size,), generator=g)
         drop = torch.rand(batch_size, generator=g) < prompt_dropout
         cond = torch.where(drop, torch.full_like(idx, parts.empty_id), labels[idx])
@@ -255,7 +265,7 @@ __all__ = [
     "build_federated_unet",
     "build_scheduler",
     "decode_images",
-    "encode_latents",
+    "encode_scaled_latents",
     "eps_loss",
     "load_frozen_parts",
     "load_vae",

@@ -2,8 +2,9 @@
 
 The paper (arXiv 2503.06426) says FedDDPM+ "detects instances of slow model
 learning" and then corrects once with the auxiliary set; the criterion itself
-is not in any source we could read (notes/papers.md section 3.4). Ours: the
-relative drop of a server-held loss over the last ``window`` rounds,
+is not in any source we could read (``docs/methods.md``, FedDDPM; our trigger:
+``docs/fedddpm.md``). Ours: the relative drop of a server-held loss over the
+last ``window`` rounds,
 
     (L[r - w] - L[r]) / |L[r - w]| < eps,
 

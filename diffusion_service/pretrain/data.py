@@ -16,7 +16,7 @@ from torch import Tensor
 
 from common.datasets import DATASETS, load_dataset
 from common.partition import PUBLIC_SPLIT_SEED, carve_public_split
-from diffusion_service.features import vae_input
+from common.seeding import EPOCH_ORDER, mix_seed
 
 
 @dataclass(frozen=True)
@@ -68,20 +68,6 @@ def public_split(dataset: str, size: int, *, limit: int = 0) -> PublicData:
     )
 
 
-def to_model_input(images: Tensor, resolution: int) -> Tensor:
-    """uint8 (N, C, H, W) -> float32 (N, 3, R, R) in [-1, 1].
-
-    The feature extractor's own input transform (``features.vae_input``:
-    bilinear, antialiased resize, [0, 1] -> [-1, 1], grayscale repeated to 3
-    channels), so the VAE is trained on exactly what it will be fed.
-    """
-    x = vae_input(
-        images, channels=3, resolution=resolution, device=images.device,
-        dtype=torch.float32,
-    )  # fmt: skip
-    return x.contiguous()
-
-
 def to_uint8_gray(x: Tensor) -> Tensor:
     """Decoded [-1, 1] images (N, 3, R, R) -> uint8 grayscale (N, 1, R, R)."""
     gray = x.float().mean(1, keepdim=True).clamp(-1, 1)
@@ -95,11 +81,5 @@ def epoch_order(n: int, seed: int, stage: int, epoch: int) -> Tensor:
     a running generator makes a resumed run draw exactly what an uninterrupted
     run would, with no RNG state to checkpoint.
     """
-    g = torch.Generator().manual_seed(mix_seed(seed, stage, epoch, 0))
+    g = torch.Generator().manual_seed(mix_seed(seed, stage, epoch, EPOCH_ORDER))
     return torch.randperm(n, generator=g)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (numpy's SeedSequence)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
-    return ((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)

@@ -19,7 +19,7 @@ from torch import Tensor
 from common.datasets import DATASETS, load_dataset
 from common.io import atomic_write_json
 
-from .data import to_model_input
+from ..vae_io import to_model_input
 from .sampling import Embedded, load_embedded, sample_grid
 
 

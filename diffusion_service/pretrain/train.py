@@ -2,8 +2,9 @@
 
 nanoGPT-plain: one step function per stage, one shared loop (:mod:`.loop`) that
 times, logs, checkpoints and shows progress. Every random draw is a pure function of
-(seed, stage, step) (:func:`.data.mix_seed`), so a run resumed from a checkpoint
-computes exactly what an uninterrupted run computes.
+(seed, stage, step) (:func:`common.seeding.mix_seed`, streams ``PRETRAIN_VAE`` and
+``PRETRAIN_UNET``), so a run resumed from a checkpoint computes exactly what an
+uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from common.io import atomic_write_json
+from common.seeding import PRETRAIN_UNET, PRETRAIN_VAE, STEP_DRAWS, mix_seed
 
+from ..vae_io import to_model_input
 from .components import (
     build_scheduler,
     build_unet,
@@ -26,7 +29,7 @@ from .components import (
     text_encoder_spec,
 )
 from .config import PretrainConfig
-from .data import mix_seed, public_split, to_model_input
+from .data import public_split
 from .loop import Interrupted, batch_indices, checkpoint, run_stage, save_component
 
 CHECKPOINT = "checkpoint.pt"
@@ -135,9 +138,11 @@ def pretrain(
         vae_cache: dict = {}
 
         def vae_step(step: int) -> dict:
-            g = torch.Generator().manual_seed(mix_seed(cfg.seed, 1, step, 1))
+            g = torch.Generator().manual_seed(
+                mix_seed(cfg.seed, PRETRAIN_VAE, step, STEP_DRAWS)
+            )
             idx = batch_indices(
-                len(images), cfg.vae_batch_size, cfg.seed, 1, step, vae_cache
+                len(images), cfg.vae_batch_size, cfg.seed, PRETRAIN_VAE, step, vae_cache
             )
             x = images[idx]
             if cfg.flip:
@@ -221,8 +226,12 @@ def pretrain(
     unet_cache: dict = {}
 
     def unet_step(step: int) -> dict:
-        g = torch.Generator().manual_seed(mix_seed(cfg.seed, 2, step, 1))
-        idx = batch_indices(len(images), cfg.batch_size, cfg.seed, 2, step, unet_cache)
+        g = torch.Generator().manual_seed(
+            mix_seed(cfg.seed, PRETRAIN_UNET, step, STEP_DRAWS)
+        )
+        idx = batch_indices(
+            len(images), cfg.batch_size, cfg.seed, PRETRAIN_UNET, step, unet_cache
+        )
         n = len(idx)
         view = (
             (torch.rand(n, generator=g) < 0.5).long()

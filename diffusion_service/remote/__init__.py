@@ -1,7 +1,7 @@
 """The diffusion guidance service over gRPC, for a ServerApp on another host.
 
 The Flower ServerApp (and only it; clients talk to the SuperLink alone, see
-DESIGN.md section 3) may run the frozen diffusion model on a GPU host instead
+``docs/architecture.md``) may run the frozen diffusion model on a GPU host instead
 of in its own process. This package is that host's server and the ServerApp's
 client. It imports no Flower.
 
@@ -25,7 +25,7 @@ protoc: raw-bytes handlers, see :mod:`.protocol`):
 
 **Why raw features plus registered projections.** The PCA projection is
 fitted once, by whoever owns the store, on the public split's raw features
-(DESIGN.md section 3). So the service returns raw features (N, S, r) by
+(``docs/guidance-features.md``). So the service returns raw features (N, S, r) by
 default: the ServerApp fits its projection from them and keeps it with its
 store. Later requests may name that projection (registered once, a few
 hundred KB, instead of riding in every request) to get projected, unit-length
@@ -37,8 +37,8 @@ a small LRU of projections; a request naming an evicted one gets NOT_FOUND and
 
 **Same features as in process.** The server calls the real
 :class:`~diffusion_service.FeatureExtractor` (cached per recipe and class list);
-latent inputs go through :class:`~.latents.LatentFeatureExtractor`, which only
-swaps the VAE for a pass-through. Every model call is padded to
+latent inputs go through :class:`~diffusion_service.LatentFeatureExtractor`,
+which only swaps the VAE for a pass-through. Every model call is padded to
 ``recipe.micro_batch`` rows, so merging requests does not change a sample's
 bits.
 
@@ -67,8 +67,10 @@ Start it with ``python -m diffusion_service.remote serve --help``; certificates
 and the token come from ``deploy/make_certs.sh``.
 """
 
+from diffusion_service.features import LatentFeatureExtractor
+from diffusion_service.vae_io import encode_posterior_mean
+
 from .client import GuidanceServiceError, RemoteFeatures, RemoteGuidance
-from .latents import LatentFeatureExtractor, encode_latents
 from .protocol import SERVICE, projection_id
 from .session import (
     GuidanceServiceUnavailableError,
@@ -88,7 +90,7 @@ __all__ = [
     "RemoteGuidance",
     "ServiceModel",
     "connect",
-    "encode_latents",
+    "encode_posterior_mean",
     "open_remote_session",
     "projection_id",
 ]

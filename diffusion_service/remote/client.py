@@ -221,7 +221,8 @@ class RemoteGuidance:
         """Raw (no ``projection``) or projected features of a batch.
 
         Inputs: ``images`` uint8 (N, H, W) / (N, C, H, W), or ``latents``
-        (VAE posterior means, see :func:`~.latents.encode_latents`);
+        (VAE posterior means, see
+        :func:`~diffusion_service.vae_io.encode_posterior_mean`);
         ``indices`` (N,) seed each sample's noise. Prompts: ``prompt_ids``
         (N, S), or ``kind`` ("noise", "cond", "neutral") with ``labels``.
         A ``projection`` is registered on first use (and again if the server

@@ -21,12 +21,11 @@ import torch
 from torch import Tensor
 
 from diffusion_service.extract import text_anchors
-from diffusion_service.features import FeatureExtractor
+from diffusion_service.features import FeatureExtractor, LatentFeatureExtractor
 from diffusion_service.model import GuidanceModel
 from diffusion_service.projection import Projection
 from diffusion_service.recipe import FeatureRecipe
 
-from .latents import LatentFeatureExtractor
 from .protocol import REGISTER_PROJECTION, projection_id
 
 V = TypeVar("V")

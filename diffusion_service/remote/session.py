@@ -34,13 +34,10 @@ import torch
 from torch import Tensor
 
 from diffusion_service.extract import Session, open_extractor_session
-from diffusion_service.features import (
-    check_images,
-    feature_resolution,
-    make_prompt_ids,
-)
+from diffusion_service.features import feature_resolution, make_prompt_ids
 from diffusion_service.projection import Projection
 from diffusion_service.recipe import FeatureRecipe
+from diffusion_service.vae_io import check_images
 
 from .client import DEFAULT_TIMEOUT, GuidanceServiceError, RemoteGuidance
 from .protocol import FEATURES, INFO, SERVING

@@ -1,57 +1,30 @@
-"""Strategy registry: method name (run config ``method``) -> strategy class.
+"""The strategies of the method registry (``common.methods``), one per file.
 
-Each class subclasses a Flower strategy in its own file and has a
-``from_config(cfg, **kwargs)`` constructor; the guided methods also take what
-``server_app.guidance.guidance_kwargs`` prepared (anchors or a store path).
+Each class subclasses a Flower strategy and has a ``from_config(section,
+**kwargs)`` constructor: ``section`` is the config section its registry entry
+names (None for FedAvg), ``kwargs`` are Flower's strategy arguments plus what
+the ServerApp prepared before round 1 (anchors, a store path, generated
+images). :func:`strategy_class` loads a method's class from its entry.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from flwr.serverapp.strategy import Strategy
 
-from server_app.strategies.fedavg import FedAvg
-from server_app.strategies.fedavg_adapt import FedAvgAdapt, FedAvgAdaptPlus
-from server_app.strategies.fedddpm import FedDDPM, FedDDPMAvg, FedDDPMPlus
-from server_app.strategies.feddifrc import FedDifRC
-from server_app.strategies.fedprox import FedProx
-from server_app.strategies.moon import Moon
-from server_app.strategies.semanticfl import SemanticFL
-
-__all__ = [
-    "FedAvg",
-    "FedAvgAdapt",
-    "FedAvgAdaptPlus",
-    "FedDDPM",
-    "FedDDPMAvg",
-    "FedDDPMPlus",
-    "FedDifRC",
-    "FedProx",
-    "Moon",
-    "SemanticFL",
-    "STRATEGIES",
-    "get_strategy_class",
-]
-
-STRATEGIES: dict[str, type[Strategy]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    "moon": Moon,
-    "feddifrc": FedDifRC,
-    "semanticfl": SemanticFL,
-    # docs/fedddpm.md: the model is a latent diffusion U-Net (server_app/fedddpm.py)
-    "fedddpm-avg": FedDDPMAvg,
-    "fedddpm": FedDDPM,
-    "fedddpm+": FedDDPMPlus,
-    # classification + server-side classifier adaptation on generated images (ours)
-    "fedavg-adapt": FedAvgAdapt,
-    "fedavg-adapt+": FedAvgAdaptPlus,
-}
+from common.methods import METHODS, get_method
 
 
-def get_strategy_class(method: str) -> type[Strategy]:
-    """The strategy class of a method, with an error listing the valid ones."""
-    if method not in STRATEGIES:
-        raise ValueError(
-            f"unknown method {method!r}; valid: {', '.join(sorted(STRATEGIES))}"
-        )
-    return STRATEGIES[method]
+def strategy_class(method: str) -> type[Strategy]:
+    """The strategy class of a registered method (an error lists the valid ones)."""
+    module_name, _, class_name = get_method(method).strategy.partition(":")
+    strategy = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(strategy, type) and issubclass(strategy, Strategy)):
+        raise TypeError(f"method {method!r}: {strategy!r} is not a Flower Strategy")
+    return strategy
+
+
+def all_strategies() -> dict[str, type[Strategy]]:
+    """Every registered method's strategy class (loads every strategy module)."""
+    return {name: strategy_class(name) for name in METHODS}

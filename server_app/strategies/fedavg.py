@@ -6,7 +6,6 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
-from common.config import RunConfig
 from server_app.strategies.update_guard import UpdateGuard
 
 
@@ -20,6 +19,6 @@ class FedAvg(UpdateGuard, FlowerFedAvg):
     """
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedAvg:
-        """Build from the run config; ``kwargs`` are Flower's FedAvg arguments."""
+    def from_config(cls, section: None, **kwargs: Any) -> FedAvg:
+        """Build for the registry (FedAvg has no section); ``kwargs`` are Flower's."""
         return cls(**kwargs)

@@ -1,7 +1,7 @@
 """FedAvg + server-side classifier adaptation on generated images (OUR design).
 
-FedDDPM's idea carried to classification (notes/papers.md section 3.6, our
-proposal, not the paper's): after each aggregation the server fine-tunes the
+FedDDPM's idea carried to classification (docs/methods.md; our proposal,
+not the paper's): after each aggregation the server fine-tunes the
 global classifier on labelled, class-conditioned images that a guidance model
 generated once before round 1 (``guidance-model``: the embedded model, a
 FedDDPM result folder, any diffusers-layout folder). ``fedavg-adapt`` does it
@@ -14,22 +14,18 @@ No client data and no client model beyond FedAvg's leave the clients.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord
 from flwr.common import log
-from flwr.serverapp.strategy import FedAvg
 from torch import Tensor, nn
 
-from common.config import RunConfig
-from common.federation import make_model
-from diffusion_service.federated.trigger import CorrectionSchedule
-from diffusion_service.pretrain.data import mix_seed
-from server_app.strategies.update_guard import UpdateGuard
+from common import seeding
+from common.config import FedDDPMConfig
+from server_app.strategies.correcting import CorrectingFedAvg
 
 
 def finetune_classifier(
@@ -55,7 +51,7 @@ def finetune_classifier(
             m.eval()
     total = 0.0
     for step in range(steps):
-        g = torch.Generator().manual_seed(mix_seed(seed, step))
+        g = torch.Generator().manual_seed(seeding.mix_seed(seed, step))
         idx = torch.randint(
             0, len(images), (min(batch_size, len(images)),), generator=g
         )
@@ -68,7 +64,7 @@ def finetune_classifier(
     return total / max(steps, 1)
 
 
-class FedAvgAdapt(UpdateGuard, FedAvg):
+class FedAvgAdapt(CorrectingFedAvg):
     """FedAvg, then fine-tune the aggregate on generated images every round.
 
     Parameters
@@ -82,13 +78,12 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
         the check that keeps an adaptation only if this loss does not rise.
     adapt_steps, adapt_lr, batch_size, seed :
         :func:`finetune_classifier`.
-    trigger_window, trigger_eps :
-        ``trigger.slow_learning`` (``fedavg-adapt+`` only).
     **kwargs
-        Flower ``FedAvg`` arguments.
+        :class:`CorrectingFedAvg` (trigger) and Flower ``FedAvg`` arguments.
     """
 
-    correction = "every"
+    # The keep-if-not-worse check needs the aggregate's loss every round.
+    measures_every_round = True
 
     def __init__(
         self,
@@ -99,8 +94,6 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
         adapt_steps: int,
         adapt_lr: float,
         batch_size: int,
-        trigger_window: int,
-        trigger_eps: float,
         seed: int,
         **kwargs: Any,
     ) -> None:
@@ -108,79 +101,70 @@ class FedAvgAdapt(UpdateGuard, FedAvg):
         self.model, self.generated, self.validation = model, generated, validation
         self.adapt_steps, self.adapt_lr = adapt_steps, adapt_lr
         self.batch_size, self.seed = batch_size, seed
-        self.schedule = CorrectionSchedule(self.correction, trigger_window, trigger_eps)
-        self.round_log: Callable[[dict[str, Any]], None] | None = None
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedAvgAdapt:
-        """Build; ``generated``/``validation`` come from ``server_app.adaptation``."""
+    def from_config(cls, section: FedDDPMConfig, **kwargs: Any) -> FedAvgAdapt:
+        """Build from the FedDDPM section; ``model``, ``generated``,
+        ``validation``, ``batch_size`` and ``seed`` come from
+        ``server_app.adaptation``."""
         return cls(
-            model=make_model(cfg),
-            adapt_steps=cfg.adapt_steps,
-            adapt_lr=cfg.adapt_lr,
-            batch_size=cfg.batch_size,
-            trigger_window=cfg.trigger_window,
-            trigger_eps=cfg.trigger_eps,
-            seed=cfg.seed,
+            adapt_steps=section.adapt_steps,
+            adapt_lr=section.adapt_lr,
+            trigger_window=section.trigger_window,
+            trigger_eps=section.trigger_eps,
             **kwargs,
         )
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg, then the adaptation this method calls for (timed)."""
-        t0 = time.perf_counter()
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        info: dict[str, Any] = {"aggregate-seconds": time.perf_counter() - t0}
-        if arrays is not None:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            t0 = time.perf_counter()
-            loss = self.validation_loss()
-            if self.schedule.needs_loss:
-                info["trigger-loss"] = loss
-            info["trigger-seconds"] = time.perf_counter() - t0
-            info["corrected"] = self.schedule.decide(server_round, loss)
-            if info["corrected"]:
-                t0 = time.perf_counter()
-                info["correction-loss"] = finetune_classifier(
-                    self.model,
-                    *self.generated,
-                    steps=self.adapt_steps,
-                    lr=self.adapt_lr,
-                    batch_size=self.batch_size,
-                    seed=mix_seed(self.seed, server_round, 23),
-                )
-                info["correction-seconds"] = time.perf_counter() - t0
-                # Keep the adaptation only if the server's real images (the
-                # public-split slice) do not get worse: a one-shot fine-tune
-                # of a model that never saw generated images can wreck it
-                # (seen: fedavg-adapt+ fell to chance accuracy at round 9 of
-                # benchmarks/results/fedddpm-r10 before this check).
-                after = self.validation_loss()
-                info["validation-loss"] = {"before": loss, "after": after}
-                info["kept"] = after <= loss
-                if info["kept"]:
-                    arrays = ArrayRecord(
-                        {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                    )
-                else:
-                    log(
-                        INFO,
-                        "Round %s: adaptation dropped: validation loss %.4f -> %.4f",
-                        server_round,
-                        loss,
-                        after,
-                    )
-        if self.round_log is not None:
-            self.round_log(info)
-        return arrays, metrics
+    def load_aggregate(self, arrays: ArrayRecord) -> None:
+        """The aggregate into the server's work classifier."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
 
     @torch.no_grad()
-    def validation_loss(self) -> float:
+    def aggregate_loss(self) -> float:
         """Cross-entropy of the work model on the server's real validation slice."""
         self.model.eval()
         x, y = self.validation
         return float(F.cross_entropy(self.model(x).logits, y))
+
+    def correct(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        loss: float | None,
+        info: dict[str, Any],
+    ) -> ArrayRecord:
+        """Fine-tune on the generated images; keep it only if validation holds."""
+        assert loss is not None  # measured every round
+        t0 = time.perf_counter()
+        info["correction-loss"] = finetune_classifier(
+            self.model,
+            *self.generated,
+            steps=self.adapt_steps,
+            lr=self.adapt_lr,
+            batch_size=self.batch_size,
+            seed=seeding.mix_seed(self.seed, server_round, seeding.ADAPT_FINETUNE),
+        )
+        info["correction-seconds"] = time.perf_counter() - t0
+        # Keep the adaptation only if the server's real images (the
+        # public-split slice) do not get worse: a one-shot fine-tune of a
+        # model that never saw generated images can wreck it (seen:
+        # fedavg-adapt+ fell to chance accuracy at round 9 of
+        # benchmarks/results/fedddpm-r10 before this check).
+        after = self.aggregate_loss()
+        info["validation-loss"] = {"before": loss, "after": after}
+        info["kept"] = after <= loss
+        if not info["kept"]:
+            log(
+                INFO,
+                "Round %s: adaptation dropped: validation loss %.4f -> %.4f",
+                server_round,
+                loss,
+                after,
+            )
+            return arrays
+        return ArrayRecord(
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        )
 
     def summary(self) -> None:
         """Log the adaptation settings, then FedAvg's."""

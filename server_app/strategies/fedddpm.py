@@ -1,7 +1,7 @@
 """FedDDPM, FedDDPM+ and their baseline: FedAvg of a latent diffusion U-Net.
 
 Implementation based on https://arxiv.org/abs/2503.06426 (Peng et al. 2025),
-as far as its abstract goes (notes/papers.md section 3). The pre-FL upload and
+as far as its abstract goes (docs/methods.md, FedDDPM). The pre-FL upload and
 the auxiliary set are built by ``server_app/fedddpm.py`` before ``start``;
 these classes do a round: FedAvg, then (maybe) a server fine-tune of the
 aggregated U-Net on the auxiliary set.
@@ -10,30 +10,27 @@ aggregated U-Net on the auxiliary set.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 from torch import Tensor
 
-from common import keys
-from common.config import RunConfig
+from common import keys, seeding
+from common.config import FedDDPMConfig
 from diffusion_service.federated.ldm import (
     FrozenParts,
     build_federated_unet,
     train_unet,
 )
 from diffusion_service.federated.measures import DenoisingProbe
-from diffusion_service.federated.trigger import CorrectionSchedule
-from diffusion_service.pretrain.data import mix_seed
-from server_app.strategies.update_guard import UpdateGuard
+from server_app.strategies.correcting import CorrectingFedAvg
 
 
-class FedDDPM(UpdateGuard, FedAvg):
+class FedDDPM(CorrectingFedAvg):
     """FedDDPM: FedAvg, then fine-tune the global U-Net on the auxiliary set.
 
     Every round (this class), never (:class:`FedDDPMAvg`) or when the
@@ -57,13 +54,9 @@ class FedDDPM(UpdateGuard, FedAvg):
         The diffusion-training settings sent to clients each round.
     aux_steps, aux_lr, batch_size, prompt_dropout, seed :
         The server fine-tune (AdamW, fresh per correction).
-    trigger_window, trigger_eps :
-        :func:`~diffusion_service.federated.trigger.slow_learning`.
     **kwargs
-        Flower ``FedAvg`` arguments.
+        :class:`CorrectingFedAvg` (trigger) and Flower ``FedAvg`` arguments.
     """
-
-    correction = "every"
 
     def __init__(
         self,
@@ -77,8 +70,6 @@ class FedDDPM(UpdateGuard, FedAvg):
         aux_lr: float,
         batch_size: int,
         prompt_dropout: float,
-        trigger_window: int,
-        trigger_eps: float,
         seed: int,
         **kwargs: Any,
     ) -> None:
@@ -95,32 +86,30 @@ class FedDDPM(UpdateGuard, FedAvg):
             prompt_dropout,
             seed,
         )
-        self.schedule = CorrectionSchedule(self.correction, trigger_window, trigger_eps)
         self.unet = build_federated_unet(channels, seed)  # server-side work copy
         self.text_record = ArrayRecord(
             {keys.TEXT_STATES: Array(parts.text.numpy().copy())}
         )
-        self.round_log: Callable[[dict[str, Any]], None] | None = None
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedDDPM:
-        """Build from the run config; ``parts``, ``aux``, ``trigger_probe`` in kwargs."""
+    def from_config(cls, section: FedDDPMConfig, **kwargs: Any) -> FedDDPM:
+        """Build from the FedDDPM section; ``parts``, ``aux``, ``trigger_probe``
+        and ``seed`` come from ``server_app/fedddpm.py``."""
         return cls(
-            channels=cfg.ddpm_channels,
+            channels=section.channels,
             local={
                 keys.DDPM_PHASE: "round",
-                keys.DDPM_STEPS: cfg.ddpm_local_steps,
-                keys.DDPM_LR: cfg.ddpm_lr,
-                keys.DDPM_BATCH_SIZE: cfg.ddpm_batch_size,
-                keys.DDPM_PROMPT_DROPOUT: cfg.ddpm_prompt_dropout,
+                keys.DDPM_STEPS: section.ddpm_local_steps,
+                keys.DDPM_LR: section.ddpm_lr,
+                keys.DDPM_BATCH_SIZE: section.ddpm_batch_size,
+                keys.DDPM_PROMPT_DROPOUT: section.ddpm_prompt_dropout,
             },
-            aux_steps=cfg.aux_steps,
-            aux_lr=cfg.aux_lr,
-            batch_size=cfg.ddpm_batch_size,
-            prompt_dropout=cfg.ddpm_prompt_dropout,
-            trigger_window=cfg.trigger_window,
-            trigger_eps=cfg.trigger_eps,
-            seed=cfg.seed,
+            aux_steps=section.aux_steps,
+            aux_lr=section.aux_lr,
+            batch_size=section.ddpm_batch_size,
+            prompt_dropout=section.ddpm_prompt_dropout,
+            trigger_window=section.trigger_window,
+            trigger_eps=section.trigger_eps,
             **kwargs,
         )
 
@@ -134,40 +123,23 @@ class FedDDPM(UpdateGuard, FedAvg):
             message.content[keys.TEXT_STATES] = self.text_record
         return messages
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg, then the correction this method calls for (timed separately)."""
-        t0 = time.perf_counter()
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        info: dict[str, Any] = {"aggregate-seconds": time.perf_counter() - t0}
-        if arrays is not None and self.correction == "never":
-            info["corrected"] = False  # the baseline: FedAvg's mean as it is
-        elif arrays is not None:
-            arrays = self._correct(server_round, arrays, info)
-        if self.round_log is not None:
-            self.round_log(info)
-        return arrays, metrics
-
-    def _correct(
-        self, server_round: int, arrays: ArrayRecord, info: dict[str, Any]
-    ) -> ArrayRecord:
+    def load_aggregate(self, arrays: ArrayRecord) -> None:
+        """The aggregate into the server's work U-Net."""
         self.unet.load_state_dict(arrays.to_torch_state_dict())
-        loss = None
-        if self.schedule.needs_loss:
-            assert self.trigger_probe is not None
-            t0 = time.perf_counter()
-            # Measured on the aggregate, before any correction: the series
-            # follows federated progress (trigger.py).
-            loss = self.trigger_probe.loss(
-                self.unet, self.parts.scheduler, self.parts.text
-            )
-            info["trigger-loss"] = loss
-            info["trigger-seconds"] = time.perf_counter() - t0
-        fired = self.schedule.decide(server_round, loss)
-        info["corrected"] = fired
-        if not fired:
-            return arrays
+
+    def aggregate_loss(self) -> float:
+        """Denoising loss on the server-held probe latents (FedDDPM+'s trigger)."""
+        assert self.trigger_probe is not None
+        return self.trigger_probe.loss(self.unet, self.parts.scheduler, self.parts.text)
+
+    def correct(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        loss: float | None,
+        info: dict[str, Any],
+    ) -> ArrayRecord:
+        """Fine-tune the aggregated U-Net on the auxiliary set."""
         assert self.aux is not None
         t0 = time.perf_counter()
         result = train_unet(
@@ -178,7 +150,7 @@ class FedDDPM(UpdateGuard, FedAvg):
             lr=self.aux_lr,
             batch_size=self.batch_size,
             prompt_dropout=self.prompt_dropout,
-            seed=mix_seed(self.seed, server_round, 17),
+            seed=seeding.mix_seed(self.seed, server_round, seeding.FEDDDPM_CORRECTION),
         )
         info["correction-loss"] = result["loss"]
         info["correction-seconds"] = time.perf_counter() - t0

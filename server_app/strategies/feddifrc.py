@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import keys
-from common.config import RunConfig
+from common.config import FedDifRCConfig
 from server_app.strategies.update_guard import UpdateGuard
 
 
@@ -85,16 +85,16 @@ class FedDifRC(UpdateGuard, FedAvg):
         self.tdcl_negatives = tdcl_negatives
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedDifRC:
-        """Build from the run config; ``store_path`` comes from the guidance prep."""
+    def from_config(cls, section: FedDifRCConfig, **kwargs: Any) -> FedDifRC:
+        """Build from the FedDifRC section; ``store_path`` comes from the guidance prep."""
         return cls(
-            tdcl_weight=cfg.tdcl_weight,
-            tdcl_tau=cfg.tdcl_tau,
-            ndcr_weight=cfg.ndcr_weight,
-            ndcr_mode=cfg.ndcr_mode,
-            ndcr_tau=cfg.ndcr_tau,
-            self_supervised=cfg.self_supervised,
-            tdcl_negatives=cfg.tdcl_negatives,
+            tdcl_weight=section.tdcl_weight,
+            tdcl_tau=section.tdcl_tau,
+            ndcr_weight=section.ndcr_weight,
+            ndcr_mode=section.ndcr_mode,
+            ndcr_tau=section.ndcr_tau,
+            self_supervised=section.self_supervised,
+            tdcl_negatives=section.tdcl_negatives,
             **kwargs,
         )
 

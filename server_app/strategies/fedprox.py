@@ -6,7 +6,7 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
-from common.config import RunConfig
+from common.config import BaselineConfig
 from server_app.strategies.update_guard import UpdateGuard
 
 
@@ -19,6 +19,6 @@ class FedProx(UpdateGuard, FlowerFedProx):
     """
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> FedProx:
-        """Build from the run config; ``kwargs`` are Flower's FedAvg arguments."""
-        return cls(proximal_mu=cfg.proximal_mu, **kwargs)
+    def from_config(cls, section: BaselineConfig, **kwargs: Any) -> FedProx:
+        """Build from the baselines section; ``kwargs`` are Flower's FedAvg arguments."""
+        return cls(proximal_mu=section.proximal_mu, **kwargs)

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import keys
-from common.config import RunConfig
+from common.config import BaselineConfig
 from server_app.strategies.update_guard import UpdateGuard
 
 
@@ -40,9 +40,9 @@ class Moon(UpdateGuard, FedAvg):
         self.tau = tau
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> Moon:
-        """Build from the run config (``moon-mu``, ``moon-tau``)."""
-        return cls(mu=cfg.moon_mu, tau=cfg.moon_tau, **kwargs)
+    def from_config(cls, section: BaselineConfig, **kwargs: Any) -> Moon:
+        """Build from the baselines section (``moon-mu``, ``moon-tau``)."""
+        return cls(mu=section.moon_mu, tau=section.moon_tau, **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

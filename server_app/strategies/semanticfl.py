@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import keys
-from common.config import RunConfig
+from common.config import SemanticFLConfig
 from server_app.strategies.update_guard import UpdateGuard
 
 
@@ -68,13 +68,13 @@ class SemanticFL(UpdateGuard, FedAvg):
         self.con_weight, self.con_tau = con_weight, con_tau
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, **kwargs: Any) -> SemanticFL:
-        """Build from the run config; ``anchors`` come from the guidance prep."""
+    def from_config(cls, section: SemanticFLConfig, **kwargs: Any) -> SemanticFL:
+        """Build from the SemanticFL section; ``anchors`` come from the guidance prep."""
         return cls(
-            kd_weight=cfg.kd_weight,
-            kd_temperature=cfg.kd_temperature,
-            con_weight=cfg.con_weight,
-            con_tau=cfg.con_tau,
+            kd_weight=section.kd_weight,
+            kd_temperature=section.kd_temperature,
+            con_weight=section.con_weight,
+            con_tau=section.con_tau,
             **kwargs,
         )
 

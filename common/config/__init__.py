@@ -1,0 +1,196 @@
+"""Typed, validated run configuration, read once at the edge.
+
+Every tunable of a run is a kebab-case key of ``[tool.flwr.app.config]`` in
+``pyproject.toml`` and reaches the apps as ``context.run_config``. The apps
+turn it into a :class:`RunConfig` once, with :meth:`RunConfig.from_run_config`,
+and pass the typed object on; nothing else reads ``run_config`` directly.
+
+The keys stay flat (Flower's interface); the typed object groups them into
+one section per family, each in its own module with its fields, defaults and
+checks: :mod:`~common.config.run` (federation, SGD, data, model, runtime),
+:mod:`~common.config.baselines`, :mod:`~common.config.guided`,
+:mod:`~common.config.guidance`, :mod:`~common.config.fedddpm`. A strategy
+receives the section its registry entry names (``common.methods``).
+
+Validation happens here, before any data is loaded or any training starts,
+and every error says which key was wrong, what it was, and what is valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config.baselines import BaselineConfig
+from common.config.fedddpm import FedDDPMConfig, parse_channels
+from common.config.fields import (
+    ConfigError,
+    build_section,
+    cast,
+    check,
+    section_keys,
+    section_values,
+    unknown_key_error,
+)
+from common.config.guidance import GuidanceConfig, parse_layers
+from common.config.guided import (
+    FEDDIFRC_FEATURES,
+    NDCR_MODES,
+    FedDifRCConfig,
+    SemanticFLConfig,
+)
+from common.config.run import (
+    DataConfig,
+    FederationConfig,
+    ModelConfig,
+    RuntimeConfig,
+    SGDConfig,
+)
+from common.datasets import get_spec
+from common.methods import Method, UnknownMethodError, get_method
+
+__all__ = [
+    "FEDDIFRC_FEATURES",
+    "NDCR_MODES",
+    "BaselineConfig",
+    "ConfigError",
+    "DataConfig",
+    "FedDDPMConfig",
+    "FedDifRCConfig",
+    "FederationConfig",
+    "GuidanceConfig",
+    "ModelConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "SGDConfig",
+    "SemanticFLConfig",
+    "parse_channels",
+    "parse_layers",
+]
+
+SECTIONS: dict[str, type] = {
+    "federation": FederationConfig,
+    "sgd": SGDConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "runtime": RuntimeConfig,
+    "baselines": BaselineConfig,
+    "guidance": GuidanceConfig,
+    "feddifrc": FedDifRCConfig,
+    "semanticfl": SemanticFLConfig,
+    "fedddpm": FedDDPMConfig,
+}
+"""RunConfig attribute -> section class, in the order they are validated."""
+
+TOP_LEVEL = {"method": "str", "seed": "int"}
+"""The two keys that are the run itself rather than one family's setting."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of one federated run (``pyproject.toml`` has the defaults)."""
+
+    method: str = "semanticfl"
+    seed: int = 42  # seeds the split, model init and every draw (common.seeding)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    feddifrc: FedDifRCConfig = field(default_factory=FedDifRCConfig)
+    semanticfl: SemanticFLConfig = field(default_factory=SemanticFLConfig)
+    fedddpm: FedDDPMConfig = field(default_factory=FedDDPMConfig)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's ``context.run_config`` (kebab-case keys).
+
+        Unknown keys are an error naming the closest valid ones (a typo would
+        otherwise silently run the default); missing keys take the default.
+        """
+        known = set(TOP_LEVEL).union(*(section_keys(s) for s in SECTIONS.values()))
+        unknown = set(run_config) - known
+        if unknown:
+            raise unknown_key_error(unknown, known)
+        top = {k: cast(k, run_config[k], t) for k, t in TOP_LEVEL.items() if k in run_config}
+        sections = {
+            name: build_section(section, run_config)
+            for name, section in SECTIONS.items()
+        }
+        config = cls(**top, **sections)
+        config.validate()
+        return config
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat kebab-case mapping, as Flower's run config holds it."""
+        values: dict[str, Any] = {"method": self.method, "seed": self.seed}
+        for name in SECTIONS:
+            values.update(section_values(getattr(self, name)))
+        return values
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A validated copy with some keys changed (kebab-case, as in the run config)."""
+        return RunConfig.from_run_config({**self.to_run_config(), **overrides})
+
+    @property
+    def method_info(self) -> Method:
+        """The registry entry of ``method`` (``common.methods``)."""
+        return get_method(self.method)
+
+    def section(self, name: str | None) -> Any:
+        """The section a registry entry names (None when it names none)."""
+        return None if name is None else getattr(self, name)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first invalid value."""
+        try:
+            method = get_method(self.method)
+        except UnknownMethodError as exc:
+            raise ConfigError(str(exc)) from None
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        self._validate_across_sections(method)
+
+    def _validate_across_sections(self, method: Method) -> None:
+        """Checks that need more than one section (or the method)."""
+        spec = get_spec(self.data.dataset)
+        others = spec.num_classes - 1
+        check(
+            0 <= self.feddifrc.tdcl_negatives <= others,
+            "tdcl-negatives",
+            self.feddifrc.tdcl_negatives,
+            f"an int in [0, {others}] (0 = every other class of {self.data.dataset})",
+        )
+        if method.guided and self.data.public_split_size <= 0:
+            raise ConfigError(
+                f"method '{self.method}' needs the server-held public split: set "
+                "public-split-size > 0 (e.g. 1000). The server fits the feature "
+                "projection on it and builds the visual class anchors from it; no "
+                "client ever gets those samples."
+            )
+        if self.feddifrc.self_supervised and self.method != "feddifrc":
+            raise ConfigError(
+                f"run-config 'self-supervised' = true needs method 'feddifrc' (got "
+                f"'{self.method}'): only FedDifRC has a self-supervised variant"
+            )
+        if self.feddifrc.features == "latent-upload" and self.method != "feddifrc":
+            raise ConfigError(
+                "run-config 'feddifrc-features' = 'latent-upload' needs method "
+                f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
+            )
+        if method.section == "fedddpm":
+            self.fedddpm.validate_for(
+                self.method,
+                self.data.dataset,
+                spec.num_classes,
+                self.data.public_split_size,
+            )
+
+
+def default_run_config() -> dict[str, Any]:
+    """Every key with its dataclass default (what pyproject.toml must agree with)."""
+    return RunConfig().to_run_config()
+

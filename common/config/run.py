@@ -1,0 +1,159 @@
+"""The run's own sections: federation, local SGD, data, model, runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config.fields import check, keyed, one_of
+from common.datasets import DATASETS
+from common.models import MODELS
+from common.partition import PARTITIONERS
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Rounds, clients and who takes part in each round."""
+
+    num_server_rounds: int = 20
+    num_clients: int = 10
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_available_clients: int = 2
+
+    def validate(self) -> None:
+        check(self.num_clients >= 1, "num-clients", self.num_clients, "an int >= 1")
+        check(
+            0.0 < self.fraction_train <= 1.0,
+            "fraction-train",
+            self.fraction_train,
+            "a float in (0, 1]",
+        )
+        check(
+            0.0 <= self.fraction_evaluate <= 1.0,
+            "fraction-evaluate",
+            self.fraction_evaluate,
+            "a float in [0, 1]",
+        )
+        check(
+            1 <= self.min_available_clients <= self.num_clients,
+            "min-available-clients",
+            self.min_available_clients,
+            f"an int in [1, num-clients={self.num_clients}]",
+        )
+        check(
+            self.num_server_rounds >= 1,
+            "num-server-rounds",
+            self.num_server_rounds,
+            "an int >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """Every client's local SGD (FedDifRC's code defaults)."""
+
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+
+    def validate(self) -> None:
+        check(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an int >= 1")
+        check(self.batch_size >= 1, "batch-size", self.batch_size, "an int >= 1")
+        check(self.learning_rate > 0, "learning-rate", self.learning_rate, "a float > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "a float in [0, 1)")
+        check(self.weight_decay >= 0, "weight-decay", self.weight_decay, "a float >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, non-IID split, the server's public split, client caps."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str = ""
+    partitioner: str = "dirichlet"
+    dirichlet_beta: float = 0.5
+    longtail_rho: float = 10.0
+    min_partition_size: int = 10
+    max_samples_per_client: int = 3000
+    public_split_size: int = 10_000
+    validation_fraction: float = 0.0
+    augment: bool = False
+
+    def validate(self) -> None:
+        one_of("dataset", self.dataset, DATASETS)
+        one_of("partitioner", self.partitioner, PARTITIONERS)
+        check(
+            self.dirichlet_beta > 0,
+            "dirichlet-beta",
+            self.dirichlet_beta,
+            "a float > 0 (smaller = more skewed, e.g. 0.05 to 0.5)",
+        )
+        check(
+            self.longtail_rho >= 1,
+            "longtail-rho",
+            self.longtail_rho,
+            "a float >= 1 (largest / smallest class size; 1 = balanced)",
+        )
+        check(
+            self.min_partition_size >= 0,
+            "min-partition-size",
+            self.min_partition_size,
+            "an int >= 0",
+        )
+        check(
+            self.max_samples_per_client >= 0,
+            "max-samples-per-client",
+            self.max_samples_per_client,
+            "an int >= 0 (0 = no cap)",
+        )
+        check(
+            self.public_split_size >= 0,
+            "public-split-size",
+            self.public_split_size,
+            "an int >= 0",
+        )
+        check(
+            0.0 <= self.validation_fraction < 1.0,
+            "validation-fraction",
+            self.validation_fraction,
+            "a float in [0, 1) (share of each client's partition held out)",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The client model: architecture and ResNet-10 base width."""
+
+    name: str = keyed("resnet10", "model")
+    width: int = keyed(16, "model-width")
+
+    def validate(self) -> None:
+        one_of("model", self.name, MODELS)
+        check(self.width >= 1, "model-width", self.width, "an int >= 1")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the run computes and writes."""
+
+    device: str = "cpu"
+    eval_batch_size: int = 1000
+    output_dir: str = "outputs"
+    run_name: str = ""
+
+    def validate(self) -> None:
+        check(
+            self.eval_batch_size >= 1,
+            "eval-batch-size",
+            self.eval_batch_size,
+            "an int >= 1",
+        )
+        check(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            self.device,
+            "'cpu', 'cuda' or 'cuda:N'",
+        )
+        check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")

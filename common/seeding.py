@@ -1,0 +1,71 @@
+"""Seeds derived from the run seed: one mixer, named streams.
+
+Every random draw of a run is seeded from ``seed`` (run config) mixed with the
+integers that say which draw it is (client, round, step, sample index) and a
+*stream* salt that keeps unrelated draws apart: two draws that share the ids
+but not the stream never see the same numbers. The mixer is numpy's
+:class:`~numpy.random.SeedSequence`, which is well distributed for any inputs
+(adding small offsets to a seed is not).
+
+The salts' values are fixed: stored features, the shipped embedded model and
+past results were drawn with them, so changing one changes those bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Server-side streams, mixed as (seed, round, SALT) or (seed, SALT).
+FEDDDPM_CORRECTION = 17
+"""FedDDPM(+)'s server fine-tune of the aggregated U-Net, per round."""
+ADAPT_FINETUNE = 23
+"""fedavg-adapt(+)'s server fine-tune of the aggregated classifier, per round."""
+HELDOUT_SLICE = 11
+"""The seeded slice of the public split the server checks itself on (trigger
+loss, adaptation validation) and FedDDPM+'s probe noise."""
+VALIDATION_SPLIT = 7
+"""Which samples of a client's partition are held out (``validation-fraction``),
+mixed as (seed, partition id, SALT)."""
+GENERATION_OFFSET = 1000
+"""Added to the seed of the server's one-off image generation (auxiliary set,
+adaptation set); an offset, not a salt, because the samplers take one int."""
+
+# Diffusion training streams, mixed as (seed, STAGE, step or epoch, part).
+PRETRAIN_VAE = 1
+"""Pretraining the embedded model's VAE."""
+PRETRAIN_UNET = 2
+"""Pretraining the embedded model's U-Net."""
+FEDERATED_UNET = 3
+"""Training a federated diffusion U-Net (client rounds, server corrections)."""
+
+# The draw within a diffusion training stream: its last part.
+EPOCH_ORDER = 0
+"""Pretraining: one epoch's shuffled sample order, (seed, STAGE, epoch, EPOCH_ORDER)."""
+STEP_DRAWS = 1
+"""Pretraining: one step's draws besides its batch (flips, posterior noise,
+prompt dropout, noise, timesteps), (seed, STAGE, step, STEP_DRAWS)."""
+FEDERATED_STEP_DRAWS = 0
+"""Federated U-Net training: all of one step's draws (batch, prompt dropout,
+noise, timesteps), (seed, FEDERATED_UNET, step, FEDERATED_STEP_DRAWS). 0, not
+STEP_DRAWS; the stage keeps it apart from the pretraining streams."""
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers: run seed, ids and a stream salt.
+
+    Order matters: ``mix_seed(seed, round, FEDDDPM_CORRECTION)`` and
+    ``mix_seed(seed, FEDDDPM_CORRECTION, round)`` are different streams.
+    """
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
+    return ((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def client_round_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """A 32-bit seed for one client's local training in one round.
+
+    A distinct, reproducible stream per (run seed, client, round): shuffling,
+    augmentation and dropout of a client's round are the same in any run with
+    the same seed, whatever node or order the round runs on.
+    """
+    sequence = np.random.SeedSequence([int(seed), int(partition_id), int(server_round)])
+    return int(sequence.generate_state(1)[0])
