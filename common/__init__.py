@@ -1,4 +1,4 @@
 """Shared by every side: config, record keys, models, data, partitions, losses.
 
-Imports nothing from the apps or the diffusion service (DESIGN.md section 2).
+Imports nothing from the apps or the diffusion service (docs/architecture.md).
 """

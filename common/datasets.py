@@ -5,7 +5,7 @@ registry. ``load_dataset(name, root)`` returns the whole train and test sets as
 uint8 tensors in (N, C, H, W) layout plus int64 labels; clients and the server
 then select their indices and normalise with :func:`to_float`.
 
-Where the data comes from (all offline, see ``../shared/notes/offline-assets.md``):
+Where the data comes from (all offline once installed):
 
 - ``fashion-mnist``: the Debian package ``dataset-fashion-mnist`` (original IDX
   files under ``/usr/share/datasets/fashion-mnist``);

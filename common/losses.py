@@ -65,7 +65,7 @@ def tdcl(z: Tensor, f_pos: Tensor, f_neg: Tensor, tau: float) -> Tensor:
     class prompt) against its own negatives (the same image under other class
     prompts). Each sample's negatives are aligned with that sample; the released
     code pools one ratio over the whole batch and misaligns them
-    (``feddifrc-code.md``), which we do not copy.
+    (docs/methods.md, FedDifRC), which we do not copy.
 
     Shapes: ``z`` (B, d), ``f_pos`` (B, d), ``f_neg`` (B, K, d).
     """
@@ -101,7 +101,7 @@ def anchor_distillation(z: Tensor, visual_anchor: Tensor, temperature: float) ->
     Heterogeneity" (SemanticFL), ICME 2026, https://arxiv.org/abs/2603.19337:
     ``KL(softmax(V_y / T) || softmax(z / T))``, with ``V_y`` the class anchor of
     each sample's label, shape (B, d). The paper's exact form could not be read
-    (``papers.md`` section 1); both vectors are L2-normalised here, and ``T``
+    (docs/methods.md, SemanticFL); both vectors are L2-normalised here, and ``T``
     must be well below 1 for the same reason as in :func:`ndcr`.
     """
     log_p_client = F.log_softmax(F.normalize(z, dim=-1) / temperature, dim=-1)

@@ -33,7 +33,8 @@ Preparation = Literal[
 - ``generated-set``: labelled images the server generates (or samples from
   uploaded models) for its own correction step (fedavg-adapt, FedDDPM);
 - ``public-split``: the server's labelled public split as it is, for a
-  server-side step that uses no generator.
+  server-side step that uses no generator (reserved: no method has it yet,
+  and the ServerApp refuses it until one does).
 """
 
 Section = Literal["baselines", "feddifrc", "semanticfl", "fedddpm"]

@@ -8,7 +8,7 @@ wide) and the classifier ``logits``.
 Width: ResNet-10 at ``width=64`` is the papers' model (stages 64-128-256-512,
 512-d embedding, FedDifRC's ``ResNet10``: BasicBlock [1, 1, 1, 1], 3x3 stem, no
 max-pool). The cpu profile uses ``width=16`` (128-d embedding), about 9x faster
-on 2 CPU cores (DESIGN.md section 8). MobileNetV2 follows the same rule: its
+on 2 CPU cores (docs/profiles.md). MobileNetV2 follows the same rule: its
 embedding is ``8 * width`` (512 at width 64) through a linear projection of
 torchvision's 1280-d (scaled) feature, with ``width_mult = width / 64``.
 """

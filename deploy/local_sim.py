@@ -45,7 +45,7 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from common.config import RunConfig
-from common.federation import data_split
+from server_app.preflight import preflight
 from server_app.reporting import default_run_name
 
 COMPLETED = "finished:completed"
@@ -92,11 +92,6 @@ def to_toml_overrides(values: dict[str, Any]) -> str:
 def resolve_config(app_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     """Validate defaults + overrides exactly as the apps will (fails fast)."""
     return RunConfig.from_run_config({**app_defaults(app_dir), **overrides})
-
-
-def preflight(cfg: RunConfig) -> None:
-    """Load the data and compute the split, as the ServerApp will, to fail early."""
-    data_split(cfg)
 
 
 def _free_port() -> int:

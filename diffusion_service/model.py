@@ -44,6 +44,30 @@ class TextWidthError(ValueError):
     """The text encoder's width differs from the U-Net's cross-attention width."""
 
 
+def check_model_folder(root: str | Path) -> None:
+    """Raise :class:`ModelLayoutError` unless ``root`` has the diffusers layout.
+
+    Cheap (file checks only), so a run can refuse a bad ``guidance-model``
+    before it starts anything. A ``text_encoder.json`` reference stands in
+    for ``text_encoder/`` and ``tokenizer/`` (the embedded model's MiniLM).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ModelLayoutError(f"{root} is not a model folder")
+    text_ref = (root / REFERENCE_FILE).is_file()
+    missing = [
+        name
+        for name, files in LAYOUT.items()
+        if not any((root / name / f).is_file() for f in files)
+        and not (text_ref and name in ("text_encoder", "tokenizer"))
+    ]
+    if missing:
+        raise ModelLayoutError(
+            f"{root} is missing {', '.join(missing)}. A guidance model "
+            f"folder has the diffusers layout:\n{_LAYOUT_TEXT}"
+        )
+
+
 def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype):
     module.requires_grad_(False)
     module = module.to(device)
@@ -153,17 +177,7 @@ class GuidanceModel:
             # (text_encoder_ref.py): the embedded model references MiniLM's
             # PyPI package instead of copying 90 MB.
             text_ref = (root / REFERENCE_FILE).is_file()
-            missing = [
-                name
-                for name, files in LAYOUT.items()
-                if not any((root / name / f).is_file() for f in files)
-                and not (text_ref and name in ("text_encoder", "tokenizer"))
-            ]
-            if missing:
-                raise ModelLayoutError(
-                    f"{root} is missing {', '.join(missing)}. A guidance model "
-                    f"folder has the diffusers layout:\n{_LAYOUT_TEXT}"
-                )
+            check_model_folder(root)
             local_files_only = True  # a folder never needs the network
         elif Path(src).exists() or src.startswith((".", "/", "~")):
             raise ModelLayoutError(f"{src} is not a model folder")

@@ -22,6 +22,7 @@ from common.federation import (
 from common.io import atomic_write_json
 from server_app.fedddpm import run_fedddpm
 from server_app.guidance import guidance_kwargs
+from server_app.preflight import preflight
 from server_app.reporting import RunRecorder
 from server_app.strategies import strategy_class
 from server_app.strategies.correcting import CorrectingFedAvg
@@ -35,6 +36,7 @@ def main(grid: Grid, context: Context) -> None:
     # Everything that can be wrong with the config or the data fails here,
     # before any client trains.
     cfg = RunConfig.from_run_config(context.run_config)
+    preflight(cfg)
     method = cfg.method_info
     if method.model == "diffusion-unet":  # FedDDPM: its own flow
         run_fedddpm(grid, cfg)

@@ -21,6 +21,42 @@ def test_pyproject_defaults_are_valid_and_complete(defaults):
     assert cfg.method in METHODS
 
 
+def test_pyproject_and_the_dataclasses_agree_on_every_default(defaults):
+    """One source for each default: pyproject's value is the dataclass's."""
+    from common.config import default_run_config
+
+    coded = default_run_config()
+    differ = {k: (defaults[k], coded[k]) for k in defaults if defaults[k] != coded[k]}
+    assert differ == {}
+    # and the types agree (an int where a float is meant would hide in ==)
+    assert {k: type(v) for k, v in defaults.items()} == {
+        k: type(v) for k, v in coded.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        ("num-round", "num-server-rounds"),
+        ("dirichlet_beta", "dirichlet-beta"),
+        ("learning_rate", "learning-rate"),
+        ("guidance-modle", "guidance-model"),
+        ("tdcl-temp", "tdcl-tau"),
+    ],
+)
+def test_a_misspelt_key_names_the_closest_valid_ones(defaults, typo, suggestion):
+    with pytest.raises(ConfigError, match="unknown run-config key") as err:
+        RunConfig.from_run_config({**defaults, typo: 1})
+    message = str(err.value)
+    assert f"did you mean '{suggestion}'" in message or f", '{suggestion}'" in message
+    assert len(message) < 300  # the closest keys, not all of them
+
+
+def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
+    with pytest.raises(ConfigError, match=r"'fedavgg' \(did you mean 'fedavg'"):
+        RunConfig.from_run_config({**defaults, "method": "fedavgg"})
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -8,7 +8,6 @@ diffusion_conftest stands in for the guidance model.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
