@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
+from common.methods import UnknownMethodError, get_method
 from deploy.local_sim import resolve_config, run_simulation
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -46,8 +47,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def method_overrides(label: str) -> dict[str, Any]:
-    """The run-config keys of a method label (a method name or a variant)."""
-    return VARIANTS.get(label, {"method": label})
+    """The run-config keys of a method label (a registered method or a variant)."""
+    overrides = VARIANTS.get(label, {"method": label})
+    try:
+        get_method(overrides["method"])
+    except UnknownMethodError as exc:
+        raise UnknownMethodError(f"{exc}; variants: {', '.join(VARIANTS)}") from None
+    return overrides
 
 
 LAST_K = 5  # rounds averaged in the "last rounds" accuracy

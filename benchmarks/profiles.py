@@ -14,249 +14,49 @@ profile that changes a paper setting without declaring it.
 - ``smoke``: a few minutes, to check the whole pipeline end to end.
 
 Adding a method to the comparison is one line: its name in ``METHODS``.
+
+The profiles' types live in ``benchmarks/profile_spec.py`` and the papers'
+protocol in ``benchmarks/protocol.py``; every name stays importable from here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-from benchmarks.matrix import APP_DIR, SCENARIOS, VARIANTS
-from deploy.local_sim import resolve_config
-
-# The methods compared, in table order; FedAvg first (the gains' reference).
-METHODS: tuple[str, ...] = (
-    "fedavg",
-    "fedprox",
-    "moon",
-    "feddifrc",
-    "semanticfl",
-    "fedavg-adapt",  # FedDDPM-style classifier adaptation (ours, docs/fedddpm.md)
+from benchmarks.profile_spec import (
+    TRAIN_SIZE,
+    CostModel,
+    PerfPlan,
+    Profile,
+    ProfileError,
 )
-REFERENCE = "fedavg"
-
-# Client splits: the matrix's, plus the papers' middle Dirichlet level (NID1
-# alpha = 0.2), which only the paper profile runs. It stays out of
-# matrix.SCENARIOS, the valid set of the older benchmarks' CLIs.
-SPLITS: dict[str, dict[str, Any]] = {
-    **SCENARIOS,
-    "dir0.2": {"partitioner": "dirichlet", "dirichlet-beta": 0.2},
-}
-
-# The FedDifRC / SemanticFL protocol (docs/profiles.md, "paper"): the released
-# FedDifRC code's defaults, which SemanticFL's table reuses.
-PAPER_PROTOCOL: dict[str, Any] = {
-    "dataset": "cifar10",
-    "model": "resnet10",
-    "model-width": 64,
-    "num-clients": 10,
-    "fraction-train": 0.5,
-    "num-server-rounds": 50,
-    "local-epochs": 10,
-    "batch-size": 64,
-    "learning-rate": 0.01,
-    "momentum": 0.9,
-    "weight-decay": 1e-5,
-    "augment": True,
-    "max-samples-per-client": 0,
-    "guidance-model": "Stable Diffusion (1.5 or 2.1)",
-}
-PAPER_SCENARIOS = ("dir0.05", "dir0.2", "dir0.5", "extreme")
-TRAIN_SIZE = 60_000  # Fashion-MNIST train set (the cost model is CPU-only)
-PAPER_SEEDS = 1  # FedDifRC's code: one run, seed 7
-
-# Deviations of ours that hold in every profile (structure, not settings).
-COMMON_DEVIATIONS: tuple[tuple[str, str, str, str], ...] = (
-    (
-        "partitioner",
-        "FedDifRC's equal-size Dirichlet (every client the same size)",
-        "flwr-datasets DirichletPartitioner (unequal client sizes)",
-        "the project's partitioner (docs/profiles.md)",
-    ),
-    (
-        "NID2",
-        "not defined in the papers (FedDisco's NIID-2: 2-class clients + 1 unbiased)",
-        "'extreme': single-class clients + one client with every class",
-        "our reading of NID2 (docs/profiles.md)",
-    ),
-    (
-        "public split",
-        "none: every training image goes to a client",
-        "public-split-size images held by the server, no client gets them",
-        "the guidance projection and SemanticFL's visual anchors are fitted on it",
-    ),
+from benchmarks.protocol import (
+    COMMON_DEVIATIONS,
+    METHODS,
+    PAPER_PROTOCOL,
+    PAPER_SCENARIOS,
+    PAPER_SEEDS,
+    REFERENCE,
+    SPLITS,
+    Deviation,
 )
 
-
-class ProfileError(ValueError):
-    """A profile is inconsistent, names unknown cells or hides a deviation."""
-
-
-@dataclass(frozen=True)
-class Deviation:
-    """One way a profile differs from the papers' protocol, and why."""
-
-    what: str
-    paper: str
-    here: str
-    why: str
-
-
-@dataclass(frozen=True)
-class PerfPlan:
-    """Sizes of the side-by-side performance measurements (kept cheap on CPU)."""
-
-    extraction_samples: int = 256  # batched extraction (and bare passes)
-    naive_samples: int = 64  # one image per call
-    repeats: int = 1
-    overhead_rounds: int = 3  # Flower round vs plain PyTorch
-    overhead_clients: int = 4
-    overhead_samples: int = 1000  # per client
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Seconds a cell takes, for the estimate printed before a profile runs.
-
-    ``round_s`` = ``eval_s`` + ``train_s_per_sample`` x samples trained per
-    round (clients per round x samples per client x local epochs), times the
-    method's factor; a cell adds ``startup_s`` and its one-off guidance work.
-    """
-
-    startup_s: float
-    eval_s: float
-    train_s_per_sample: float
-    method_factor: dict[str, float]
-    extraction_s_per_sample: float  # FedDifRC: every client sample, 10 prompts
-    anchors_s: float  # SemanticFL: class anchors per cell
-    generation_s: float  # fedavg-adapt: its labelled images, once per cell
-    source: str
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Everything the results runner needs to reproduce one comparison."""
-
-    name: str
-    description: str
-    methods: tuple[str, ...]
-    scenarios: tuple[str, ...]
-    seeds: tuple[int, ...]
-    rounds: int
-    config: dict[str, Any]  # run-config keys every cell shares
-    deviations: tuple[Deviation, ...]
-    perf: PerfPlan
-    cost: CostModel | None = None  # None: no estimate (other hardware)
-    requires: tuple[str, ...] = ()  # run-config keys the user must give
-    hardware: str = "2 CPU cores"
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def validate(self) -> None:
-        """Raise :class:`ProfileError` naming the first problem."""
-        if not self.methods or REFERENCE not in self.methods:
-            raise ProfileError(
-                f"profile {self.name!r}: methods {list(self.methods)} must include "
-                f"{REFERENCE!r}, the reference of every gain"
-            )
-        for label, items in (("method", self.methods), ("scenario", self.scenarios)):
-            if len(set(items)) != len(items) or not items:
-                raise ProfileError(f"profile {self.name!r}: repeated or no {label}s")
-        unknown = [s for s in self.scenarios if s not in SPLITS]
-        if unknown:
-            raise ProfileError(
-                f"profile {self.name!r}: unknown scenario(s) {unknown}; valid: "
-                f"{', '.join(SPLITS)}"
-            )
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ProfileError(f"profile {self.name!r}: seeds must be distinct, >= 1")
-        if self.rounds < 1:
-            raise ProfileError(f"profile {self.name!r}: rounds must be >= 1")
-        reserved = {"method", "seed", "num-server-rounds", "run-name", "output-dir"}
-        clash = sorted(reserved & set(self.config) | set(self.requires) & reserved)
-        if clash:
-            raise ProfileError(
-                f"profile {self.name!r}: {clash} are set per cell, not in config"
-            )
-        # Every method and the shared config must pass the apps' own validation.
-        for method in self.methods:
-            overrides = {**self.config, **VARIANTS.get(method, {"method": method})}
-            overrides.update({k: "<given>" for k in self.requires})
-            try:
-                resolve_config(APP_DIR, overrides)
-            except ValueError as exc:
-                raise ProfileError(f"profile {self.name!r}, {method}: {exc}") from None
-        undeclared = [k for k in self.setting_deviations() if k not in self._declared()]
-        if undeclared:
-            raise ProfileError(
-                f"profile {self.name!r} differs from the papers in {undeclared} "
-                "without a Deviation entry saying so"
-            )
-
-    def _declared(self) -> set[str]:
-        return {d.what for d in self.deviations}
-
-    def settings(self) -> dict[str, Any]:
-        """The resolved value of every papers' key in this profile."""
-        cfg = resolve_config(
-            APP_DIR, {**self.config, **{k: "<given>" for k in self.requires}}
-        ).to_run_config()
-        out = {k: cfg[k] for k in PAPER_PROTOCOL if k != "guidance-model"}
-        out["guidance-model"] = self.config.get("guidance-model", "<given>")
-        out["num-server-rounds"] = self.rounds
-        out["scenarios"] = ", ".join(self.scenarios)
-        out["seeds"] = len(self.seeds)
-        return out
-
-    def setting_deviations(self) -> list[str]:
-        """Papers' keys whose value here differs from :data:`PAPER_PROTOCOL`."""
-        paper = {
-            **PAPER_PROTOCOL,
-            "scenarios": ", ".join(PAPER_SCENARIOS),
-            "seeds": PAPER_SEEDS,
-        }
-        here = self.settings()
-        keys = [k for k in paper if k != "guidance-model" and here[k] != paper[k]]
-        if self.config.get("guidance-model") == "embedded":
-            keys.append("guidance-model")
-        return keys
-
-    def all_deviations(self) -> list[Deviation]:
-        """The profile's deviations, then the ones every profile shares."""
-        return [*self.deviations, *(Deviation(*d) for d in COMMON_DEVIATIONS)]
-
-    def estimate(self, cells: list[Any]) -> list[float]:
-        """Seconds each :class:`~benchmarks.matrix.Cell` is expected to take, in order.
-
-        FedDifRC's extraction fills one shared store: a cell pays only for the
-        samples no earlier cell extracted (expected share under random
-        overlap). All zeros without a cost model.
-        """
-        c = self.cost
-        if c is None:
-            return [0.0] * len(cells)
-        cfg = resolve_config(
-            APP_DIR, {**self.config, **{k: "<given>" for k in self.requires}}
-        )
-        cap = cfg.data.max_samples_per_client or TRAIN_SIZE
-        per_round = max(1, round(cfg.federation.fraction_train * cfg.federation.num_clients))
-        trained = per_round * cap * cfg.sgd.local_epochs
-        pool = TRAIN_SIZE - cfg.data.public_split_size
-        seen, out = 0.0, []
-        for method in (cell.method for cell in cells):
-            factor = c.method_factor.get(method, max(c.method_factor.values()))
-            seconds = c.startup_s + self.rounds * (
-                c.eval_s + factor * c.train_s_per_sample * trained
-            )
-            if method.startswith("feddifrc"):
-                new = min(cfg.federation.num_clients * cap, pool) * (1 - seen / pool)
-                seen += new
-                seconds += new * c.extraction_s_per_sample
-            if method.startswith("semanticfl"):
-                seconds += c.anchors_s
-            if method.startswith("fedavg-adapt"):
-                seconds += c.generation_s
-            out.append(seconds)
-        return out
+__all__ = [
+    "COMMON_DEVIATIONS",
+    "CPU_COST",
+    "METHODS",
+    "PAPER_PROTOCOL",
+    "PAPER_SCENARIOS",
+    "PAPER_SEEDS",
+    "PROFILES",
+    "REFERENCE",
+    "SPLITS",
+    "TRAIN_SIZE",
+    "CostModel",
+    "Deviation",
+    "PerfPlan",
+    "Profile",
+    "ProfileError",
+    "get_profile",
+]
 
 
 def _dev(what: str, here: str, why: str) -> Deviation:

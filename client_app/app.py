@@ -49,7 +49,9 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
     """
     cfg = RunConfig.from_run_config(context.run_config)
     partition_id = int(context.node_config[keys.PARTITION_ID])
-    num_partitions = int(context.node_config.get(keys.NUM_PARTITIONS, cfg.federation.num_clients))
+    num_partitions = int(
+        context.node_config.get(keys.NUM_PARTITIONS, cfg.federation.num_clients)
+    )
     if num_partitions != cfg.federation.num_clients:
         raise ValueError(
             f"this node is one of {num_partitions} partitions but the run splits the "
@@ -61,7 +63,13 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
     model = make_model(cfg)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     return NodeSetup(
-        cfg, partition_id, indices, resolve_device(cfg.runtime.device), images, labels, model
+        cfg,
+        partition_id,
+        indices,
+        resolve_device(cfg.runtime.device),
+        images,
+        labels,
+        model,
     )
 
 

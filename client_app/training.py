@@ -129,7 +129,9 @@ class LocalSettings:
                 keys.TDCL_WEIGHT,
                 {keys.TDCL_TAU: float, keys.TDCL_NEGATIVES: int},
             ),
-            **_term(config, keys.NDCR_WEIGHT, {keys.NDCR_MODE: str, keys.NDCR_TAU: float}),
+            **_term(
+                config, keys.NDCR_WEIGHT, {keys.NDCR_MODE: str, keys.NDCR_TAU: float}
+            ),
             # Sent only when true.
             self_supervised=keys.SELF_SUPERVISED in config
             and bool(config[keys.SELF_SUPERVISED]),
@@ -138,6 +140,7 @@ class LocalSettings:
             **_term(config, keys.KD_WEIGHT, {keys.KD_TEMPERATURE: float}),
             **_term(config, keys.CON_WEIGHT, {keys.CON_TAU: float}),
         )
+
 
 @dataclass(frozen=True)
 class Guidance:

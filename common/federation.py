@@ -111,7 +111,11 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     """The run's client model, freshly initialised from the global torch RNG."""
     spec = spec or get_spec(cfg.data.dataset)
     model = build_model(
-        cfg.model.name, spec.in_channels, spec.num_classes, cfg.model.width, spec.image_size
+        cfg.model.name,
+        spec.in_channels,
+        spec.num_classes,
+        cfg.model.width,
+        spec.image_size,
     )
     if cfg.method_info.guided:  # a projector the guided terms see (optional)
         attach_guidance_head(model, cfg.guidance.head)

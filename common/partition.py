@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import seeding
+
 
 @dataclass(frozen=True)
 class Partitioning:
@@ -228,7 +230,7 @@ def split_dataset(labels: np.ndarray, p: Partitioning) -> DataSplit:
     parts = PARTITIONERS[p.name](labels[pool], p)
     clients = [pool[part] for part in parts]
     if p.max_per_client > 0:
-        rng = np.random.default_rng(p.seed + 1)
+        rng = np.random.default_rng(p.seed + seeding.CLIENT_CAP_OFFSET)
         clients = [
             np.sort(rng.choice(c, p.max_per_client, replace=False))
             if len(c) > p.max_per_client

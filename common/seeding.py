@@ -26,6 +26,17 @@ loss, adaptation validation) and FedDDPM+'s probe noise."""
 VALIDATION_SPLIT = 7
 """Which samples of a client's partition are held out (``validation-fraction``),
 mixed as (seed, partition id, SALT)."""
+CLIENT_CAP_OFFSET = 1
+"""Added to the seed of the draw that caps each client at
+``max-samples-per-client`` (an offset: the partitioners take one int)."""
+NEGATIVE_PROMPTS = 1
+"""Which negative class prompts a sample gets (``tdcl-negatives``), mixed as
+(feature seed, sample index, SALT)."""
+PROJECTION_FIT = 2
+"""Which samples the feature projection (PCA) is fitted on when none are
+given, mixed as (feature seed, SALT)."""
+REAL_REFERENCE = 5
+"""Which test images FedDDPM's measures use as the real reference set."""
 GENERATION_OFFSET = 1000
 """Added to the seed of the server's one-off image generation (auxiliary set,
 adaptation set); an offset, not a salt, because the samplers take one int."""

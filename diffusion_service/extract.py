@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from common import seeding
 from common.io import atomic_write
 
 from .features import Extractor, FeatureExtractor
@@ -50,7 +51,7 @@ class Session:
 
 def default_fit_indices(num_samples: int, recipe: FeatureRecipe) -> np.ndarray:
     """A seeded random subset of ``fit_size`` samples (sorted) for the PCA fit."""
-    rng = np.random.default_rng([recipe.seed, 2])
+    rng = np.random.default_rng([recipe.seed, seeding.PROJECTION_FIT])
     size = min(recipe.fit_size, num_samples)
     return np.sort(rng.choice(num_samples, size=size, replace=False)).astype(np.int64)
 

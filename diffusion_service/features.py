@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common import seeding
 from common.seeding import mix_seed
 
 from .model import GuidanceModel
@@ -119,7 +120,7 @@ def make_prompt_ids(
         raise ValueError(f"num_negatives={k} but only {C - 1} other classes exist")
     rows = []
     for idx, y in zip(indices, labels.tolist(), strict=True):
-        rng = np.random.default_rng([recipe.seed, int(idx), 1])
+        rng = np.random.default_rng([recipe.seed, int(idx), seeding.NEGATIVE_PROMPTS])
         others = np.array([c for c in range(C) if c != y])
         rows.append([y, *rng.choice(others, size=k, replace=False).tolist()])
     return torch.tensor(rows, dtype=torch.long)

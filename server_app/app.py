@@ -71,7 +71,12 @@ def main(grid: Grid, context: Context) -> None:
         recorder.check_round_trained(server_round)
         t0 = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
-        scored = (test_images, test_labels, spec.num_classes, cfg.runtime.eval_batch_size)
+        scored = (
+            test_images,
+            test_labels,
+            spec.num_classes,
+            cfg.runtime.eval_batch_size,
+        )
         if probe is not None:
             result = linear_probe(model, *probe, *scored, device)
         else:

@@ -195,7 +195,9 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         # The trigger's loss: a seeded slice of the server's public split (our
         # choice; the test set is never used to decide anything).
         idx = torch.from_numpy(
-            split.public_slice(cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE)
+            split.public_slice(
+                cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE
+            )
         )
         probe = DenoisingProbe.fixed(
             encode_scaled_latents(parts.vae, train_set.images[idx]),

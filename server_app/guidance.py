@@ -70,7 +70,9 @@ def store_root(cfg: RunConfig) -> Path:
 
     Absolute, because the ClientApps read it from another working directory.
     """
-    root = cfg.guidance.feature_store or str(Path(cfg.runtime.output_dir) / "feature-store")
+    root = cfg.guidance.feature_store or str(
+        Path(cfg.runtime.output_dir) / "feature-store"
+    )
     return Path(root).expanduser().resolve()
 
 
@@ -208,11 +210,16 @@ def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
     if not kinds:
         return "", {}
     num_negatives = (
-        None if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0 else cfg.feddifrc.tdcl_negatives
+        None
+        if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0
+        else cfg.feddifrc.tdcl_negatives
     )
     indices = np.unique(np.concatenate(split.clients))
     with guidance_session(
-        cfg, split, num_negatives=num_negatives, self_supervised=cfg.feddifrc.self_supervised
+        cfg,
+        split,
+        num_negatives=num_negatives,
+        self_supervised=cfg.feddifrc.self_supervised,
     ) as session:
         stats = extract(session, kinds=kinds, indices=indices, progress=False)
         fingerprint = session.extractor.model.fingerprint
@@ -237,10 +244,15 @@ def prepare_feddifrc_latents(
     if not kinds:
         return {}, {}
     num_negatives = (
-        None if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0 else cfg.feddifrc.tdcl_negatives
+        None
+        if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0
+        else cfg.feddifrc.tdcl_negatives
     )
     with guidance_session(
-        cfg, split, num_negatives=num_negatives, self_supervised=cfg.feddifrc.self_supervised
+        cfg,
+        split,
+        num_negatives=num_negatives,
+        self_supervised=cfg.feddifrc.self_supervised,
     ) as session:
         extractor = session.extractor
         projection = ensure_projection(session, progress=False)
@@ -259,7 +271,9 @@ def prepare_feddifrc_latents(
         features = {}
         for node, upload in uploads.items():
             t0 = time.perf_counter()
-            features[node] = node_feature_record(extractor, projection, kinds[0], upload)
+            features[node] = node_feature_record(
+                extractor, projection, kinds[0], upload
+            )
             log(
                 INFO,
                 "Features of node %s: %d samples in %.1f s",
@@ -287,7 +301,11 @@ def guidance_kwargs(
         return {}, {}
     if prepares == "generated-set":  # images generated in process
         kwargs, info = prepare_adaptation(cfg, split)
-        return kwargs, {"method": cfg.method, "guidance-model": cfg.guidance.model, **info}
+        return kwargs, {
+            "method": cfg.method,
+            "guidance-model": cfg.guidance.model,
+            **info,
+        }
     if prepares not in ("class-anchors", "instance-features"):
         raise NotImplementedError(f"no preparation for {prepares!r} ({cfg.method})")
     t0 = time.perf_counter()

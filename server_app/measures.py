@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import seeding
 from common.config import RunConfig
 from common.datasets import DatasetSpec, load_dataset
 from common.federation import data_split
@@ -68,7 +69,7 @@ class RoundMeasures:
             spec,
             Path(cache_root) / "measure-cache",
         )
-        rng = np.random.default_rng([cfg.seed, 5])
+        rng = np.random.default_rng([cfg.seed, seeding.REAL_REFERENCE])
         n_ref = min(REAL_REFERENCE, len(test.labels))
         real = torch.from_numpy(
             np.sort(rng.choice(len(test.labels), n_ref, replace=False))

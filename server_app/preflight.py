@@ -42,7 +42,9 @@ def preflight(cfg: RunConfig) -> None:
     try:
         data_split(cfg)  # loads the dataset's files, as every side will
     except DatasetNotFoundError as exc:
-        raise PreflightError(f"run-config 'data-root' = {cfg.data.data_root!r}: {exc}") from None
+        raise PreflightError(
+            f"run-config 'data-root' = {cfg.data.data_root!r}: {exc}"
+        ) from None
     if uses_guidance_model(cfg):
         check_guidance_model(cfg.guidance.model)
     writable("output-dir", Path(cfg.runtime.output_dir))

@@ -153,7 +153,9 @@ def test_ints_are_accepted_for_floats_and_cast(defaults):
         {**defaults, "dirichlet-beta": 1, "num-clients": 4.0}
     )
     assert cfg.data.dirichlet_beta == 1.0 and isinstance(cfg.data.dirichlet_beta, float)
-    assert cfg.federation.num_clients == 4 and isinstance(cfg.federation.num_clients, int)
+    assert cfg.federation.num_clients == 4 and isinstance(
+        cfg.federation.num_clients, int
+    )
 
 
 def test_unknown_method_lists_valid_ones():

@@ -61,6 +61,8 @@ PREPARED = {
     **dict.fromkeys(("fedddpm", "fedddpm+", "fedddpm-avg"), _fedddpm_prepared()),
     **dict.fromkeys(("fedavg-adapt", "fedavg-adapt+"), _adaptation_prepared()),
 }
+
+
 class FakeGrid:
     """Only what FedAvg's sampling needs."""
 
@@ -159,7 +161,9 @@ CORRECTING = {"fedavg-adapt", "fedavg-adapt+", "fedddpm", "fedddpm+"}
 SERVER_OPTIMISER = {"fedavgm"}
 
 
-@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - CORRECTING - SERVER_OPTIMISER))
+@pytest.mark.parametrize(
+    "name", sorted(set(STRATEGIES) - CORRECTING - SERVER_OPTIMISER)
+)
 def test_aggregation_is_the_weighted_mean(name, defaults):
     # Prepare: weights 1 and 3 on arrays of ones and threes -> (1 + 9) / 4 = 2.5
     strategy = build(name, defaults)
@@ -260,7 +264,9 @@ def test_fedavgm_applies_server_momentum(defaults, task_identity):
     # Prepare: the global model is 0; momentum 0.9, server learning rate 1.
     strategy = build("fedavgm", defaults, {"server-momentum": 0.9})
     grid = FakeGrid([1, 2])
-    list(strategy.configure_train(1, ArrayRecord([np.zeros(2)]), ConfigRecord({}), grid))
+    list(
+        strategy.configure_train(1, ArrayRecord([np.zeros(2)]), ConfigRecord({}), grid)
+    )
     # Execute: round 1, both clients reach 1 (pseudo-gradient -1, momentum -1);
     # round 2, both move on to 2 (pseudo-gradient -1, momentum 0.9 * -1 - 1).
     first, _ = strategy.aggregate_train(

@@ -115,7 +115,11 @@ class RunConfig:
         unknown = set(run_config) - known
         if unknown:
             raise unknown_key_error(unknown, known)
-        top = {k: cast(k, run_config[k], t) for k, t in TOP_LEVEL.items() if k in run_config}
+        top = {
+            k: cast(k, run_config[k], t)
+            for k, t in TOP_LEVEL.items()
+            if k in run_config
+        }
         sections = {
             name: build_section(section, run_config)
             for name, section in SECTIONS.items()
@@ -193,4 +197,3 @@ class RunConfig:
 def default_run_config() -> dict[str, Any]:
     """Every key with its dataclass default (what pyproject.toml must agree with)."""
     return RunConfig().to_run_config()
-

@@ -13,9 +13,9 @@ class BaselineConfig:
 
     ``proximal-mu`` 0.01 is FedDifRC's code default for FedProx; MOON's
     ``moon-mu`` 1 and ``moon-tau`` 0.5 are the MOON paper's CIFAR-10 values;
-    FedAvgM's server momentum 0.9 and server learning rate 1.0 are common
-    choices of Hsu et al. 2019 (Flower's FedAvgM defaults to momentum 0,
-    which is plain FedAvg).
+    FedAvgM's server momentum 0.9 (the usual SGD momentum; Hsu et al. 2019
+    study a range) with server learning rate 1.0 is ours: Flower's FedAvgM
+    defaults to momentum 0, which is plain FedAvg.
     """
 
     proximal_mu: float = 0.01

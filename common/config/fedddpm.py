@@ -72,7 +72,9 @@ class FedDDPMConfig:
             lambda v: v >= 0,
             "an int >= 0",
         )
-        check_all(self, ("ddpm-lr", "aux-lr", "adapt-lr"), lambda v: v > 0, "a float > 0")
+        check_all(
+            self, ("ddpm-lr", "aux-lr", "adapt-lr"), lambda v: v > 0, "a float > 0"
+        )
         check(
             0 <= self.ddpm_prompt_dropout < 1,
             "ddpm-prompt-dropout",

@@ -59,7 +59,9 @@ def unknown_key_error(unknown: Iterable[str], known: Iterable[str]) -> ConfigErr
     for key in sorted(unknown):
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         if not close:  # a shared word still helps: "rounds" -> num-server-rounds
-            close = [k for k in known if any(w in k.split("-") for w in key.split("-"))][:3]
+            close = [
+                k for k in known if any(w in k.split("-") for w in key.split("-"))
+            ][:3]
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
         parts.append(f"{key!r}{hint}")
     return ConfigError(
@@ -98,7 +100,9 @@ def cast(key: str, value: Any, type_name: str) -> Any:
 def check(ok: bool, key: str, value: Any, valid: str) -> None:
     """Raise a :class:`ConfigError` naming the key, the value and what is valid."""
     if not ok:
-        raise ConfigError(f"run-config '{key}' = {value!r} is invalid; expected {valid}")
+        raise ConfigError(
+            f"run-config '{key}' = {value!r} is invalid; expected {valid}"
+        )
 
 
 def one_of(key: str, value: str, registry: Iterable[str]) -> None:

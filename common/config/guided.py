@@ -73,4 +73,3 @@ class SemanticFLConfig:
         _weights_and_temperatures(
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
-

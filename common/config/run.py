@@ -61,7 +61,9 @@ class SGDConfig:
     def validate(self) -> None:
         check(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an int >= 1")
         check(self.batch_size >= 1, "batch-size", self.batch_size, "an int >= 1")
-        check(self.learning_rate > 0, "learning-rate", self.learning_rate, "a float > 0")
+        check(
+            self.learning_rate > 0, "learning-rate", self.learning_rate, "a float > 0"
+        )
         check(0 <= self.momentum < 1, "momentum", self.momentum, "a float in [0, 1)")
         check(self.weight_decay >= 0, "weight-decay", self.weight_decay, "a float >= 0")
 

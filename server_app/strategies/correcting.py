@@ -44,7 +44,9 @@ class CorrectingFedAvg(UpdateGuard, FedAvg):
     correction: ClassVar[str] = "every"
     measures_every_round: ClassVar[bool] = False
 
-    def __init__(self, *, trigger_window: int, trigger_eps: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *, trigger_window: int, trigger_eps: float, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.schedule = CorrectionSchedule(self.correction, trigger_window, trigger_eps)
         # Set by the ServerApp: where each round's server work is reported.
