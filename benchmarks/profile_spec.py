@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.matrix import APP_DIR, VARIANTS
+from benchmarks.matrix import APP_DIR, VARIANTS, method_overrides
 from benchmarks.protocol import (
     COMMON_DEVIATIONS,
     PAPER_PROTOCOL,
@@ -23,6 +23,7 @@ from benchmarks.protocol import (
     SPLITS,
     Deviation,
 )
+from common.methods import get_method
 from deploy.local_sim import resolve_config
 
 TRAIN_SIZE = 60_000  # Fashion-MNIST train set (the cost model is CPU-only)
@@ -174,18 +175,21 @@ class Profile:
         trained = per_round * cap * cfg.sgd.local_epochs
         pool = TRAIN_SIZE - cfg.data.public_split_size
         seen, out = 0.0, []
-        for method in (cell.method for cell in cells):
-            factor = c.method_factor.get(method, max(c.method_factor.values()))
+        for label in (cell.method for cell in cells):
+            factor = c.method_factor.get(label, max(c.method_factor.values()))
             seconds = c.startup_s + self.rounds * (
                 c.eval_s + factor * c.train_s_per_sample * trained
             )
-            if method.startswith("feddifrc"):
+            # The one-off work before round 1, by what the method prepares.
+            method = get_method(method_overrides(label)["method"])
+            prepares = method.prepares
+            if prepares == "instance-features":  # the store fills up once
                 new = min(cfg.federation.num_clients * cap, pool) * (1 - seen / pool)
                 seen += new
                 seconds += new * c.extraction_s_per_sample
-            if method.startswith("semanticfl"):
+            if prepares == "class-anchors":
                 seconds += c.anchors_s
-            if method.startswith("fedavg-adapt"):
-                seconds += c.generation_s
+            if prepares == "generated-set" and method.model == "classifier":
+                seconds += c.generation_s  # fedavg-adapt's images
             out.append(seconds)
         return out

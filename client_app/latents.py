@@ -74,7 +74,7 @@ def answer_query(
     )
     latents = encoder.encode(images)
     arrays = {keys.LATENTS: latents.numpy(), keys.SAMPLE_IDS: ids.astype(np.int64)}
-    if config.get(keys.NEEDS_LABELS, True):
+    if config[keys.NEEDS_LABELS]:  # the query round always says
         arrays[keys.SAMPLE_LABELS] = labels.numpy().astype(np.int64)
     log(
         INFO,
