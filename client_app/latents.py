@@ -115,7 +115,10 @@ def with_uploaded_features(
     trains with FedDifRC's instance terms off; self-supervised FedDifRC has
     nothing else to train with, so that is an error.
     """
-    if settings.feature_source != "latent-upload" or not settings.needs_instance_features:
+    if (
+        settings.feature_source != "latent-upload"
+        or not settings.needs_instance_features
+    ):
         return settings, None
     record = held_features(msg, state)
     if record is not None:

@@ -24,6 +24,7 @@ from common import keys
 from common.config import BaselineConfig, FedDifRCConfig, SemanticFLConfig
 from common.losses import (
     anchor_distillation,
+    balanced_softmax_ce,
     image_text_infonce,
     moon_contrastive,
     ndcr,
@@ -72,6 +73,7 @@ class LocalSettings:
     epochs: int
     batch_size: int
     proximal_mu: float | None = None
+    balanced_ce: bool = False  # FedETF: CE with the client's log class prior
     moon_mu: float | None = None
     moon_tau: float = BaselineConfig.moon_tau
     # FedDifRC
@@ -123,6 +125,8 @@ class LocalSettings:
             epochs=int(config[keys.LOCAL_EPOCHS]),
             batch_size=int(config[keys.BATCH_SIZE]),
             proximal_mu=_opt(config, keys.PROXIMAL_MU),
+            # Sent only when on.
+            balanced_ce=keys.BALANCED_CE in config and bool(config[keys.BALANCED_CE]),
             **_term(config, keys.MOON_MU, {keys.MOON_TAU: float}),
             **_term(
                 config,
@@ -242,6 +246,7 @@ def train(
     guidance.check(settings, len(images))
     labelled = not settings.self_supervised
     head = getattr(model, "guidance_head", None)
+    counts = None  # FedETF: this client's class counts (set at the first batch)
 
     sums = dict.fromkeys(
         ("loss", "ce", "prox", "moon", "tdcl", "ndcr", "kd", "con", "correct"), 0.0
@@ -261,9 +266,14 @@ def train(
 
             # forward: cross-entropy plus whichever method terms are on
             out = model(x)
-            ce = (
-                F.cross_entropy(out.logits, y) if labelled else out.logits.new_zeros(())
-            )
+            if not labelled:
+                ce = out.logits.new_zeros(())
+            elif settings.balanced_ce:
+                if counts is None:  # the prior its balanced CE removes
+                    counts = torch.bincount(labels, minlength=out.logits.shape[1])
+                ce = balanced_softmax_ce(out.logits, y, counts)
+            else:
+                ce = F.cross_entropy(out.logits, y)
             loss = ce
             if global_params is not None:
                 prox = proximal_term(

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from common import keys, seeding
 from common.config import RunConfig
 from common.datasets import DatasetSpec, get_spec, load_dataset, to_float
-from common.models import attach_guidance_head, build_model
+from common.models import attach_etf_classifier, attach_guidance_head, build_model
 from common.partition import DataSplit, Partitioning, split_dataset
 
 
@@ -119,6 +119,9 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     )
     if cfg.method_info.guided:  # a projector the guided terms see (optional)
         attach_guidance_head(model, cfg.guidance.head)
+    if cfg.method_info.classifier == "etf":  # the same frame on every side
+        seed = seeding.mix_seed(cfg.seed, seeding.ETF_FRAME)
+        attach_etf_classifier(model, spec.num_classes, seed)
     return model
 
 

@@ -23,6 +23,7 @@ BATCH_SIZE = "batch-size"
 PROXIMAL_MU = "proximal-mu"  # FedProx (Flower's FedProx injects this name)
 MOON_MU = "moon-mu"
 MOON_TAU = "moon-tau"
+BALANCED_CE = "balanced-ce"  # FedETF: balanced softmax instead of plain CE
 # FedDifRC (a present weight key switches its term on)
 TDCL_WEIGHT = "tdcl-weight"
 TDCL_TAU = "tdcl-tau"

@@ -123,3 +123,17 @@ def image_text_infonce(
     """
     logits = _cos(z, text_anchors.expand(len(z), -1, -1)) / tau
     return F.cross_entropy(logits, labels)
+
+
+def balanced_softmax_ce(logits: Tensor, labels: Tensor, class_counts: Tensor) -> Tensor:
+    """Balanced softmax cross-entropy (Ren et al., NeurIPS 2020), FedETF's local loss.
+
+    ``CE(logits + log n_c, y)`` with ``n_c`` the client's own count of class
+    c (Li et al., ICCV 2023, https://arxiv.org/abs/2303.10058, Sec. 4.2): the
+    prior of the skewed local labels is added to the logits in training, so
+    the model itself learns the balanced posterior. A class the client never
+    sees gets log 0 = -inf: it cannot be predicted locally and takes no
+    gradient, which is the point. At evaluation the logits are used as they are.
+    """
+    log_prior = torch.log(class_counts.to(logits.dtype)).to(logits.device)
+    return F.cross_entropy(logits + log_prior, labels)

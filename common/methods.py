@@ -33,9 +33,13 @@ Preparation = Literal[
 - ``generated-set``: labelled images the server generates (or samples from
   uploaded models) for its own correction step (fedavg-adapt, FedDDPM);
 - ``public-split``: the server's labelled public split as it is, for a
-  server-side step that uses no generator (reserved: no method has it yet,
-  and the ServerApp refuses it until one does).
+  server-side step that uses no generator (fedavg-public, the control of
+  fedavg-adapt).
 """
+
+Classifier = Literal["linear", "etf"]
+"""What the client model ends in: its own linear classifier, or FedETF's
+projector onto a fixed simplex ETF (``common.models.ETFClassifier``)."""
 
 Section = Literal["baselines", "feddifrc", "semanticfl", "fedddpm"]
 """The :class:`~common.config.RunConfig` section a strategy is built from."""
@@ -63,6 +67,8 @@ class Method:
         strategy has no settings of its own).
     summary : str
         One line for listings and errors.
+    classifier : Classifier
+        What the client classifier is (``linear`` unless the method fixes it).
     """
 
     name: str
@@ -71,6 +77,7 @@ class Method:
     prepares: Preparation
     section: Section | None
     summary: str
+    classifier: Classifier = "linear"
 
     @property
     def guided(self) -> bool:
@@ -90,9 +97,16 @@ def _entry(
     model: ModelKind = "classifier",
     prepares: Preparation = "nothing",
     section: Section | None = None,
+    classifier: Classifier = "linear",
 ) -> Method:
     return Method(
-        name, f"{STRATEGIES_PACKAGE}.{strategy}", model, prepares, section, summary
+        name,
+        f"{STRATEGIES_PACKAGE}.{strategy}",
+        model,
+        prepares,
+        section,
+        summary,
+        classifier,
     )
 
 
@@ -117,6 +131,18 @@ METHODS: dict[str, Method] = {
             "fedavgm:FedAvgM",
             "FedAvgM: FedAvg with server momentum (Flower's strategy)",
             section="baselines",
+        ),
+        _entry(
+            "fedadam",
+            "fedadam:FedAdam",
+            "FedAdam: Adam on the server over FedAvg's update (Flower's strategy)",
+            section="baselines",
+        ),
+        _entry(
+            "fedetf",
+            "fedetf:FedETF",
+            "FedETF: fixed simplex-ETF classifier, balanced CE (the anchors' control)",
+            classifier="etf",
         ),
         _entry(
             "feddifrc",
@@ -144,6 +170,13 @@ METHODS: dict[str, Method] = {
             "fedavg_adapt:FedAvgAdaptPlus",
             "fedavg-adapt only when learning slows (ours)",
             prepares="generated-set",
+            section="fedddpm",
+        ),
+        _entry(
+            "fedavg-public",
+            "fedavg_public:FedAvgPublic",
+            "control: FedAvg + server fine-tune on its labelled public split (ours)",
+            prepares="public-split",
             section="fedddpm",
         ),
         _entry(

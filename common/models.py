@@ -15,6 +15,7 @@ torchvision's 1280-d (scaled) feature, with ``width_mult = width / 64``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -135,6 +136,59 @@ def attach_guidance_head(model: nn.Module, kind: str) -> nn.Module:
     factory = GUIDANCE_HEADS[kind]
     if factory is not None:
         model.guidance_head = factory(model.embedding_dim)
+    return model
+
+
+def simplex_etf(num_classes: int, dim: int, generator: torch.Generator) -> Tensor:
+    """A random simplex equiangular tight frame: ``dim x num_classes``, unit columns.
+
+    ``M = sqrt(C / (C - 1)) P (I - 11^T / C)`` with ``P`` a random ``dim x C``
+    matrix of orthonormal columns (FedETF, Li et al., ICCV 2023, Eq. 1): every
+    pair of class vectors has cosine ``-1 / (C - 1)``, the most separated C
+    unit vectors can be.
+    """
+    if dim < num_classes:
+        raise ValueError(f"an ETF of {num_classes} classes needs dim >= {num_classes}")
+    gauss = torch.randn(dim, num_classes, generator=generator, dtype=torch.float64)
+    p, _ = torch.linalg.qr(gauss)  # orthonormal columns
+    c = num_classes
+    centre = torch.eye(c, dtype=torch.float64) - torch.full(
+        (c, c), 1.0 / c, dtype=torch.float64
+    )
+    return (math.sqrt(c / (c - 1)) * p @ centre).float()
+
+
+class ETFClassifier(nn.Module):
+    """FedETF's classifier: a learnable projector onto a fixed simplex ETF.
+
+    ``logits = scale * normalise(W z + b) . M`` (Li et al., ICCV 2023,
+    https://arxiv.org/abs/2303.10058, as their code does it): the projector
+    ``W`` maps the embedding to ``C`` dimensions, ``M`` (C x C) is the frame,
+    and ``scale`` is a learnable temperature starting at 1. ``M`` is built
+    from a seed, identical on every client and the server, and is a
+    non-persistent buffer: it is never sent, never aggregated, never trained.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, seed: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(embedding_dim, num_classes)
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        frame = simplex_etf(
+            num_classes, num_classes, torch.Generator().manual_seed(seed)
+        )
+        self.register_buffer("frame", frame, persistent=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.scale * F.normalize(self.project(z), dim=1) @ self.frame
+
+
+# name -> the classifier a method's model ends in ("linear": the model's own).
+CLASSIFIERS = ("linear", "etf")
+
+
+def attach_etf_classifier(model: nn.Module, num_classes: int, seed: int) -> nn.Module:
+    """Replace ``model.classifier`` by an :class:`ETFClassifier`; returns ``model``."""
+    model.classifier = ETFClassifier(model.embedding_dim, num_classes, seed)
     return model
 
 

@@ -37,6 +37,9 @@ PROJECTION_FIT = 2
 given, mixed as (feature seed, SALT)."""
 REAL_REFERENCE = 5
 """Which test images FedDDPM's measures use as the real reference set."""
+ETF_FRAME = 31
+"""FedETF's fixed classifier frame, mixed as (seed, SALT): built identically
+by the server and every client, never sent."""
 GENERATION_OFFSET = 1000
 """Added to the seed of the server's one-off image generation (auxiliary set,
 adaptation set); an offset, not a salt, because the samplers take one int."""

@@ -1,9 +1,13 @@
-"""The classifier adaptation's data (``fedavg-adapt``/``fedavg-adapt+``), made once.
+"""The server-side fine-tune's data, made once before round 1.
 
-Before round 1 the server generates ``aux-size`` labelled images with the
-guidance model and takes a seeded slice of its public split as the real
-validation set (docs/fedddpm.md, our design). Done here, next to the other
-guidance preparation, so the strategy's constructor only stores tensors.
+- ``fedavg-adapt``/``fedavg-adapt+``: ``aux-size`` labelled images generated
+  with the guidance model (docs/fedddpm.md, our design);
+- ``fedavg-public`` (the control): the server's labelled public split itself,
+  the data that trained the embedded generator, minus the validation slice.
+
+Both take the same seeded slice of the public split as the real validation
+set. Done here, next to the other guidance preparation, so the strategies'
+constructors only store tensors.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from logging import INFO
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.common import log
 
@@ -52,23 +57,60 @@ def prepare_adaptation(
         len(labels),
         time.perf_counter() - t0,
     )
-    # The real validation slice: the trigger's loss, and the check that keeps
-    # an adaptation only if this loss does not rise.
-    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
-    pick = torch.from_numpy(
-        split.public_slice(cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE)
-    )
-    kwargs = {
-        "generated": (to_float(images, spec), labels),
-        "validation": (to_float(train.images[pick], spec), train.labels[pick]),
-        # The server's work copy of the client model (weights loaded each round).
-        "model": make_model(cfg, spec),
-        "batch_size": cfg.sgd.batch_size,
-        "seed": cfg.seed,
-    }
+    pick = validation_slice(cfg, split)
+    kwargs = {"generated": (to_float(images, spec), labels), **_shared(cfg, pick)}
     info = {
         "generated-images": len(labels),
         "validation-images": len(pick),
         "seconds": time.perf_counter() - t0,  # the one-off column of the results
     }
     return kwargs, info
+
+
+def prepare_public_split(
+    cfg: RunConfig, split: DataSplit
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``fedavg-public``'s prepared arguments: the labelled public split.
+
+    The validation slice is left out of the fine-tune set, so the keep-if-not-
+    worse check scores images the fine-tune never saw (as for fedavg-adapt).
+    """
+    t0 = time.perf_counter()
+    spec = get_spec(cfg.data.dataset)
+    pick = validation_slice(cfg, split)
+    rest = torch.from_numpy(np.setdiff1d(split.public, pick.numpy()))
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
+    kwargs = {
+        "public": (to_float(train.images[rest], spec), train.labels[rest]),
+        **_shared(cfg, pick),
+    }
+    info = {
+        "public-images": len(rest),
+        "validation-images": len(pick),
+        "seconds": time.perf_counter() - t0,
+    }
+    return kwargs, info
+
+
+def validation_slice(cfg: RunConfig, split: DataSplit) -> torch.Tensor:
+    """The real validation slice of the public split (training-set indices).
+
+    The trigger's loss, and the check that keeps a fine-tune only if this
+    loss does not rise.
+    """
+    return torch.from_numpy(
+        split.public_slice(cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE)
+    )
+
+
+def _shared(cfg: RunConfig, pick: torch.Tensor) -> dict[str, Any]:
+    """What both fine-tunes take besides their data."""
+    spec = get_spec(cfg.data.dataset)
+    train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
+    return {
+        "validation": (to_float(train.images[pick], spec), train.labels[pick]),
+        # The server's work copy of the client model (weights loaded each round).
+        "model": make_model(cfg, spec),
+        "batch_size": cfg.sgd.batch_size,
+        "seed": cfg.seed,
+    }

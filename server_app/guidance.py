@@ -50,7 +50,7 @@ from diffusion_service.embedded_model import (  # noqa: F401 (re-exported)
     embedded_candidates,
     resolve_guidance_model,
 )
-from server_app.adaptation import prepare_adaptation
+from server_app.adaptation import prepare_adaptation, prepare_public_split
 
 if TYPE_CHECKING:
     from diffusion_service import Extractor, FeatureRecipe, Session
@@ -306,6 +306,9 @@ def guidance_kwargs(
             "guidance-model": cfg.guidance.model,
             **info,
         }
+    if prepares == "public-split":  # the labelled images themselves
+        kwargs, info = prepare_public_split(cfg, split)
+        return kwargs, {"method": cfg.method, **info}
     if prepares not in ("class-anchors", "instance-features"):
         raise NotImplementedError(f"no preparation for {prepares!r} ({cfg.method})")
     t0 = time.perf_counter()

@@ -95,11 +95,15 @@ def parse_upload(
     if not latents.is_floating_point() or not bool(torch.isfinite(latents).all()):
         return f"latents must be finite floats (got {latents.dtype}, or NaN/Inf)"
     if ids.shape != (len(latents),) or len(np.unique(ids)) != len(ids):
-        return f"{len(latents)} latents but sample ids of shape {ids.shape} (or repeated)"
+        return (
+            f"{len(latents)} latents but sample ids of shape {ids.shape} (or repeated)"
+        )
     labels = None
     if needs_labels:
         if keys.SAMPLE_LABELS not in record:
-            return f"the recipe needs labels but the reply has no '{keys.SAMPLE_LABELS}'"
+            return (
+                f"the recipe needs labels but the reply has no '{keys.SAMPLE_LABELS}'"
+            )
         labels = torch.from_numpy(record[keys.SAMPLE_LABELS].numpy().astype(np.int64))
         if labels.shape != (len(latents),):
             return f"{len(latents)} latents but labels of shape {tuple(labels.shape)}"
@@ -142,7 +146,10 @@ def query_latents(
             rejected[node] = f"error reply: {reply.error.reason}"
         else:
             got = parse_upload(
-                reply.content, latent_shape=latent_shape, needs_labels=needs_labels, vae=vae
+                reply.content,
+                latent_shape=latent_shape,
+                needs_labels=needs_labels,
+                vae=vae,
             )
             if got is None:
                 declined.append(node)

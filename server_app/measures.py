@@ -79,7 +79,9 @@ class RoundMeasures:
             (logits.argmax(1) == test.labels[real]).float().mean()
         )
         held = torch.from_numpy(
-            np.sort(rng.choice(len(test.labels), cfg.fedddpm.heldout_size, replace=False))
+            np.sort(
+                rng.choice(len(test.labels), cfg.fedddpm.heldout_size, replace=False)
+            )
         )
         probe = DenoisingProbe.fixed(
             encode_scaled_latents(parts.vae, test.images[held]),

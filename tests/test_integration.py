@@ -4,6 +4,7 @@ Checked by the run's *status* (``flwr ls``), not the CLI's exit code, and by
 what the run wrote. Afterwards no process of the run may be left.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -90,3 +91,38 @@ def test_bad_config_fails_before_anything_starts(tmp_path):
                 "output-dir": str(tmp_path),
             },
         )
+
+
+@pytest.mark.parametrize("method", ["fedetf", "fedavg-public"])
+def test_the_controls_complete_in_a_real_federation(method, tmp_path):
+    """FedETF (fixed frame, balanced CE) and fedavg-public (server fine-tune on
+    the labelled public split) as real Flower runs: completed, learning."""
+    result = run_simulation(
+        APP_DIR,
+        {
+            "method": method,
+            "num-clients": 3,
+            "num-server-rounds": 2,
+            "local-epochs": 2,
+            "partitioner": "dirichlet",
+            "dirichlet-beta": 1.0,
+            "max-samples-per-client": 600,
+            "public-split-size": 1000,
+            "heldout-size": 200,
+            "adapt-steps": 5,
+            "output-dir": str(tmp_path),
+            "run-name": "it",
+        },
+        stream=False,
+        timeout=600,
+    )
+    assert result.status == "finished:completed", result.output[-3000:]
+    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["central-accuracy"] > 0.2, rows[-1]  # chance is 0.1
+    if method == "fedavg-public":
+        server = rows[-1]["server"]  # the fine-tune ran and was checked
+        assert server["corrected"] is True and "kept" in server
+        record = json.loads((result.run_dir / "guidance.json").read_text())
+        assert record["public-images"] == 800 and record["validation-images"] == 200
+    assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)

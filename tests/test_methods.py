@@ -42,6 +42,7 @@ def test_the_kinds_dispatch_as_the_apps_expect():
     assert correcting == {
         "fedavg-adapt",
         "fedavg-adapt+",
+        "fedavg-public",
         "fedddpm-avg",
         "fedddpm",
         "fedddpm+",
@@ -59,6 +60,7 @@ def test_every_registered_method_validates_with_the_defaults(defaults):
 
 def test_an_unknown_method_names_the_closest_and_every_valid_one():
     with pytest.raises(
-        UnknownMethodError, match=r"'fedprxo' \(did you mean 'fedprox'.*valid: fedavg,"
+        UnknownMethodError,
+        match=r"'fedprxo' \(did you mean 'fedprox'.*valid: fedadam, fedavg,",
     ):
         get_method("fedprxo")

@@ -5,7 +5,7 @@ from unittest.mock import Mock
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common import keys
 from common.config import RunConfig
@@ -60,6 +60,10 @@ PREPARED = {
     "semanticfl": {"anchors": ANCHORS},
     **dict.fromkeys(("fedddpm", "fedddpm+", "fedddpm-avg"), _fedddpm_prepared()),
     **dict.fromkeys(("fedavg-adapt", "fedavg-adapt+"), _adaptation_prepared()),
+    "fedavg-public": {
+        ("public" if k == "generated" else k): v
+        for k, v in _adaptation_prepared().items()
+    },
 }
 
 
@@ -156,9 +160,10 @@ def test_method_keys_in_train_config(defaults, task_identity):
 
 
 # These fine-tune the mean on the server after aggregating (tests/test_fedddpm*.py).
-CORRECTING = {"fedavg-adapt", "fedavg-adapt+", "fedddpm", "fedddpm+"}
-# These step from the previous global model (test_fedavgm_applies_server_momentum).
-SERVER_OPTIMISER = {"fedavgm"}
+CORRECTING = {"fedavg-adapt", "fedavg-adapt+", "fedavg-public", "fedddpm", "fedddpm+"}
+# These step from the previous global model (test_fedavgm_applies_server_momentum,
+# test_fedadam_steps_parameters_and_averages_batchnorm_statistics).
+SERVER_OPTIMISER = {"fedavgm", "fedadam"}
 
 
 @pytest.mark.parametrize(
@@ -279,3 +284,26 @@ def test_fedavgm_applies_server_momentum(defaults, task_identity):
     # Assert: 0 + 1 = 1, then 1 + 1.9 = 2.9 (plain FedAvg would give 2).
     np.testing.assert_allclose(first.to_numpy_ndarrays()[0], np.ones(2))
     np.testing.assert_allclose(second.to_numpy_ndarrays()[0], np.full(2, 2.9))
+
+
+def test_fedadam_steps_parameters_and_averages_batchnorm_statistics(
+    defaults, task_identity
+):
+    # Prepare: a weight and a BatchNorm running variance, both 1 on the server.
+    strategy = build("fedadam", defaults, {"fedadam-eta": 0.1, "fedadam-tau": 1e-3})
+    start = ArrayRecord({"w": Array(np.ones(2)), "bn.running_var": Array(np.ones(2))})
+    list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid([1, 2])))
+    # Execute: both clients send 0.5 for each (mean 0.5, pseudo-gradient -0.5).
+    update = ArrayRecord(
+        {"w": Array(np.full(2, 0.5)), "bn.running_var": Array(np.full(2, 0.5))}
+    )
+    arrays, _ = strategy.aggregate_train(
+        1, [create_mock_reply(update, 1), create_mock_reply(update, 3)]
+    )
+    # Assert: w takes Flower's bias-corrected Adam step (m = 0.1 * -0.5, v =
+    # 0.01 * 0.25, eta_t = 0.1 * sqrt(1 - 0.99^2) / (1 - 0.9^2)); the running
+    # variance is the plain mean, never stepped.
+    eta_t = 0.1 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
+    expected_w = 1 + eta_t * (-0.05) / (np.sqrt(0.0025) + 1e-3)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(2, expected_w))
+    np.testing.assert_allclose(arrays["bn.running_var"].numpy(), np.full(2, 0.5))

@@ -1,4 +1,4 @@
-"""Baseline terms: FedProx, MOON, FedAvgM (papers' defaults)."""
+"""Baseline terms: FedProx, MOON, and the server optimisers FedAvgM and FedAdam."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ class BaselineConfig:
     moon_tau: float = 0.5
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9
+    # FedAdam: Reddi et al.'s Adam on the server; eta and tau are ours
+    # (Flower's defaults, eta 0.1 and tau 1e-3, step the weights by up to 0.1
+    # a round, far more than a client's SGD at lr 0.01 moves them).
+    fedadam_eta: float = 0.01
+    fedadam_beta_1: float = 0.9
+    fedadam_beta_2: float = 0.99
+    fedadam_tau: float = 1e-3
 
     def validate(self) -> None:
         check(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "a float >= 0")
@@ -39,4 +46,14 @@ class BaselineConfig:
             "server-momentum",
             self.server_momentum,
             "a float in [0, 1) (0 = FedAvg)",
+        )
+        check(self.fedadam_eta > 0, "fedadam-eta", self.fedadam_eta, "a float > 0")
+        for key in ("fedadam-beta-1", "fedadam-beta-2"):
+            value = getattr(self, key.replace("-", "_"))
+            check(0 <= value < 1, key, value, "a float in [0, 1)")
+        check(
+            self.fedadam_tau > 0,
+            "fedadam-tau",
+            self.fedadam_tau,
+            "a float > 0 (Adam's epsilon: the smallest denominator)",
         )

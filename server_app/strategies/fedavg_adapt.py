@@ -84,6 +84,7 @@ class FedAvgAdapt(CorrectingFedAvg):
 
     # The keep-if-not-worse check needs the aggregate's loss every round.
     measures_every_round = True
+    finetune_set = "generated"  # what the summary calls the fine-tune's images
 
     def __init__(
         self,
@@ -170,10 +171,11 @@ class FedAvgAdapt(CorrectingFedAvg):
         """Log the adaptation settings, then FedAvg's."""
         log(
             INFO,
-            "\t├──> %s: %s on %d generated images (%d steps, lr %s; trigger w=%d eps=%s)",
+            "\t├──> %s: %s on %d %s images (%d steps, lr %s; trigger w=%d eps=%s)",
             type(self).__name__,
             self.correction,
             len(self.generated[1]),
+            self.finetune_set,
             self.adapt_steps,
             self.adapt_lr,
             self.schedule.window,
