@@ -24,6 +24,23 @@ METHODS: tuple[str, ...] = (
 )
 REFERENCE = "fedavg"
 
+# The decisive comparison: the baselines a practitioner tries first (server
+# momentum, an adaptive server optimiser), the guided methods, and the two
+# controls that say where a gain comes from (fedetf: a fixed classifier with
+# no diffusion model; fedavg-public: the labelled data behind the generator).
+DECISIVE_METHODS: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "moon",
+    "fedavgm",
+    "fedadam",
+    "fedetf",
+    "feddifrc",
+    "semanticfl",
+    "fedavg-adapt",
+    "fedavg-public",
+)
+
 # Client splits: the matrix's, plus the papers' middle Dirichlet level (NID1
 # alpha = 0.2), which only the paper profile runs. It stays out of
 # matrix.SCENARIOS, the valid set of the older benchmarks' CLIs.
