@@ -81,6 +81,7 @@ class Profile:
     requires: tuple[str, ...] = ()  # run-config keys the user must give
     hardware: str = "2 CPU cores"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    last_k: int = 6  # the primary statistic: mean accuracy of the last K rounds
 
     def validate(self) -> None:
         """Raise :class:`ProfileError` naming the first problem."""
@@ -102,6 +103,12 @@ class Profile:
             raise ProfileError(f"profile {self.name!r}: seeds must be distinct, >= 1")
         if self.rounds < 1:
             raise ProfileError(f"profile {self.name!r}: rounds must be >= 1")
+        if self.last_k < 2 or self.last_k % 2 or self.last_k > self.rounds:
+            raise ProfileError(
+                f"profile {self.name!r}: last_k = {self.last_k} is invalid; expected "
+                f"an even number of rounds in [2, rounds={self.rounds}] (even, so "
+                "the 2-round cycle of full participation cancels)"
+            )
         reserved = {"method", "seed", "num-server-rounds", "run-name", "output-dir"}
         clash = sorted(reserved & set(self.config) | set(self.requires) & reserved)
         if clash:

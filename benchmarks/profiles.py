@@ -209,7 +209,9 @@ PROFILES: dict[str, Profile] = {
             _dev("num-server-rounds", "12", "time budget (last-6 mean: rounds 7-12)"),
             _dev("local-epochs", "1", "time budget"),
             _dev("max-samples-per-client", "1000", "time budget"),
-            _dev("scenarios", "dir0.05, extreme", "the two skewed splits, where drift is"),
+            _dev(
+                "scenarios", "dir0.05, extreme", "the two skewed splits, where drift is"
+            ),
             _dev("seeds", "5 (seeds 0-4)", "a 95% interval and an MDE per scenario"),
         ),
         perf=PerfPlan(),
@@ -228,6 +230,7 @@ PROFILES: dict[str, Profile] = {
         scenarios=("dir0.5",),
         seeds=(0, 1),
         rounds=2,
+        last_k=2,
         config={
             "dataset": "fashion-mnist",
             "model-width": 16,

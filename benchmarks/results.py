@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import perf, report
+from benchmarks import gains, perf, report
 from benchmarks.machine import hardware
 from benchmarks.matrix import (
     APP_DIR,
@@ -54,6 +54,7 @@ from benchmarks.profiles import (
     PAPER_SCENARIOS,
     PAPER_SEEDS,
     PROFILES,
+    REFERENCE,
     SPLITS,
     Deviation,
     Profile,
@@ -199,6 +200,12 @@ def build_report(
     for r in rows:
         runs.setdefault((r["scenario"], r["method"]), []).append(run_dir(r))
     plots = report.write_plots(runs, out / "plots", f"profile {profile.name}")
+    by_seed: dict[tuple[str, str], dict[int, Path]] = {}
+    for r in rows:
+        by_seed.setdefault((r["scenario"], r["method"]), {})[r["seed"]] = run_dir(r)
+    table = gains.gains_rows(by_seed, profile.last_k, REFERENCE)
+    gains.write_gains_csv(table, out / "gains.csv")
+    plots.insert(0, gains.plot_gains(table, out / "plots" / "gains.png"))
     settings = profile.settings()
     paper = {**PAPER_PROTOCOL, "scenarios": ", ".join(PAPER_SCENARIOS),
              "seeds": PAPER_SEEDS}  # fmt: skip
@@ -221,7 +228,11 @@ def build_report(
         "settings": {k: (str(settings[k]), str(paper[k])) for k in paper},
         "hardware": hardware_text,
         "deviations": [dataclasses.asdict(d) for d in profile.all_deviations()],
+        "last_k": profile.last_k,
+        "gains": table,
+        "gains_csv": _repo_path(out / "gains.csv"),
         "tables": {
+            "gains": gains.gains_markdown(table),
             "final": report.pivot_table(agg, "final_acc"),
             "best": report.pivot_table(agg, "best_acc"),
             "cost": report.cost_table(agg),
@@ -234,9 +245,12 @@ def build_report(
     }
     atomic_write_json(out / "report.json", data)
     atomic_write_text(out / "RESULTS.md", report.render_section(data, out))
+    atomic_write_text(out / "gains.md", data["tables"]["gains"])
     atomic_write_text(
         out / "results.md",
-        "Final-round accuracy (%), mean ± std (gain over FedAvg)\n\n"
+        f"Last-{profile.last_k} accuracy, paired gains over FedAvg (95% CI)\n\n"
+        + data["tables"]["gains"]
+        + "Final-round accuracy (%), mean ± std (gain over FedAvg)\n\n"
         + data["tables"]["final"]
         + "\nBest-round accuracy (%), mean ± std (gain over FedAvg)\n\n"
         + data["tables"]["best"],
