@@ -17,6 +17,17 @@ from deploy.local_sim import descendants, run_simulation
 APP_DIR = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
+# A federation small enough for a test that still learns in 2 rounds.
+SMALL_RUN = {
+    "num-clients": 3,
+    "num-server-rounds": 2,
+    "local-epochs": 2,
+    "partitioner": "dirichlet",
+    "dirichlet-beta": 1.0,
+    "max-samples-per-client": 600,
+    "run-name": "it",
+}
+
 
 def _gone(pid: int) -> bool:
     try:
@@ -30,17 +41,7 @@ def _gone(pid: int) -> bool:
 def test_small_federation_completes_and_learns(method, tmp_path):
     result = run_simulation(
         APP_DIR,
-        {
-            "method": method,
-            "num-clients": 3,
-            "num-server-rounds": 2,
-            "local-epochs": 2,
-            "partitioner": "dirichlet",
-            "dirichlet-beta": 1.0,
-            "max-samples-per-client": 600,
-            "output-dir": str(tmp_path),
-            "run-name": "it",
-        },
+        {**SMALL_RUN, "method": method, "output-dir": str(tmp_path)},
         stream=False,
         timeout=600,
     )
@@ -100,18 +101,12 @@ def test_the_controls_complete_in_a_real_federation(method, tmp_path):
     result = run_simulation(
         APP_DIR,
         {
+            **SMALL_RUN,
             "method": method,
-            "num-clients": 3,
-            "num-server-rounds": 2,
-            "local-epochs": 2,
-            "partitioner": "dirichlet",
-            "dirichlet-beta": 1.0,
-            "max-samples-per-client": 600,
             "public-split-size": 1000,
             "heldout-size": 200,
             "adapt-steps": 5,
             "output-dir": str(tmp_path),
-            "run-name": "it",
         },
         stream=False,
         timeout=600,
