@@ -22,8 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stats import minimum_detectable_effect, paired_gain
+from benchmarks.stats import minimum_detectable_effect, paired_gain, seeds_for_mde
 from common.io import atomic_write_text, read_jsonl
+
+TARGET_MDE = 3.0  # points: the effect the decisive profile must be able to resolve
 
 COLUMNS = (
     "scenario",
@@ -89,22 +91,26 @@ def gains_rows(
     return rows
 
 
+def pooled_paired_std(
+    rows: list[dict[str, Any]], scenario: str, reference: str = "fedavg"
+) -> tuple[float | None, int]:
+    """Root mean square of a scenario's paired spreads, and its fewest seeds."""
+    others = [r for r in rows if r["scenario"] == scenario and r["method"] != reference]
+    spreads = [r["paired_std"] for r in others if r["paired_std"] is not None]
+    n = min((r["seeds"] for r in others), default=0)
+    if not spreads or n < 2:
+        return None, n
+    return math.sqrt(statistics.fmean(s * s for s in spreads)), n
+
+
 def scenario_mde(
     rows: list[dict[str, Any]], reference: str = "fedavg"
 ) -> dict[str, float | None]:
     """Per scenario: the MDE at the pooled paired spread of its methods."""
     out: dict[str, float | None] = {}
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        others = [
-            r for r in rows if r["scenario"] == scenario and r["method"] != reference
-        ]
-        spreads = [r["paired_std"] for r in others if r["paired_std"] is not None]
-        n = min((r["seeds"] for r in others), default=0)
-        if not spreads or n < 2:
-            out[scenario] = None
-            continue
-        pooled = math.sqrt(statistics.fmean(s * s for s in spreads))
-        out[scenario] = minimum_detectable_effect(pooled, n)
+        pooled, n = pooled_paired_std(rows, scenario, reference)
+        out[scenario] = None if pooled is None else minimum_detectable_effect(pooled, n)
     return out
 
 
@@ -139,9 +145,17 @@ def gains_markdown(rows: list[dict[str, Any]]) -> str:
         part = [r for r in rows if r["scenario"] == scenario]
         ref = next(r for r in part if r["verdict"] == "reference")
         mde = _fmt(ref["mde"]) or "n/a (fewer than 2 seeds)"
+        pooled, _ = pooled_paired_std(rows, scenario)
+        needed = seeds_for_mde(pooled, TARGET_MDE) if pooled else None
+        reach = (
+            f"; at this spread (pooled paired std {pooled:.2f}) {needed} seeds "
+            f"reach an MDE of {TARGET_MDE:g}"
+            if needed
+            else ""
+        )
         out.append(
             f"**{scenario}**: {ref['seeds']} seeds; minimum detectable effect "
-            f"(80% power, 5% level) {mde} points.\n\n"
+            f"(80% power, 5% level) {mde} points{reach}.\n\n"
             f"| method | last-{k} accuracy (%) | gain over fedavg (points) | 95% CI | verdict |\n"
             "|---|---|---|---|---|\n"
         )

@@ -81,6 +81,8 @@ def test_the_csv_has_exactly_the_columns_and_the_markdown_a_verdict(tmp_path):
     md = gains_markdown(rows)
     assert "| better |" in md and "better |" in md.splitlines()[-2]
     assert "minimum detectable effect" in md
+    # gains 5, 6, 4: paired std 1 -> 4 seeds reach an MDE of 3 (3 give 3.10)
+    assert "(pooled paired std 1.00) 4 seeds reach an MDE of 3" in md
     assert plot_gains(rows, tmp_path / "gains.png").stat().st_size > 1000
 
 
