@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.matrix import APP_DIR, VARIANTS, method_overrides
+from benchmarks.matrix import APP_DIR, method_overrides
 from benchmarks.protocol import (
     COMMON_DEVIATIONS,
     PAPER_PROTOCOL,
@@ -117,9 +117,9 @@ class Profile:
             )
         # Every method and the shared config must pass the apps' own validation.
         for method in self.methods:
-            overrides = {**self.config, **VARIANTS.get(method, {"method": method})}
-            overrides.update({k: "<given>" for k in self.requires})
             try:
+                overrides = {**self.config, **method_overrides(method)}
+                overrides.update({k: "<given>" for k in self.requires})
                 resolve_config(APP_DIR, overrides)
             except ValueError as exc:
                 raise ProfileError(f"profile {self.name!r}, {method}: {exc}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config.fields import check
+from common.config.fields import check, check_all
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,12 @@ class BaselineConfig:
             "a float in [0, 1) (0 = FedAvg)",
         )
         check(self.fedadam_eta > 0, "fedadam-eta", self.fedadam_eta, "a float > 0")
-        for key in ("fedadam-beta-1", "fedadam-beta-2"):
-            value = getattr(self, key.replace("-", "_"))
-            check(0 <= value < 1, key, value, "a float in [0, 1)")
+        check_all(
+            self,
+            ("fedadam-beta-1", "fedadam-beta-2"),
+            lambda v: 0 <= v < 1,
+            "a float in [0, 1)",
+        )
         check(
             self.fedadam_tau > 0,
             "fedadam-tau",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config.fields import ConfigError, check, keyed, one_of
+from common.config.fields import ConfigError, check_all, keyed, one_of
 
 NDCR_MODES = ("cosine", "kl")
 
@@ -22,13 +22,13 @@ FEDDIFRC_FEATURES = {
 }
 
 
-def _weights_and_temperatures(section, weights: tuple[str, ...], taus: tuple[str, ...]):
-    for key in weights:
-        value = getattr(section, key.replace("-", "_"))
-        check(value >= 0, key, value, "a float >= 0 (0 switches the term off)")
-    for key in taus:
-        value = getattr(section, key.replace("-", "_"))
-        check(value > 0, key, value, "a float > 0")
+def _weights_and_temperatures(
+    section: object, weights: tuple[str, ...], taus: tuple[str, ...]
+) -> None:
+    check_all(
+        section, weights, lambda v: v >= 0, "a float >= 0 (0 switches the term off)"
+    )
+    check_all(section, taus, lambda v: v > 0, "a float > 0")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from common import keys
 
 BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -37,9 +39,24 @@ class StatisticsAveraged:
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         if arrays is None or not any(is_statistic(k) for k in arrays):
             return arrays, metrics
-        contents = [r.content for r in replies if not r.has_error()]
-        mean = aggregate_arrayrecords(contents, self.weighted_by_key)  # type: ignore[attr-defined]
-        for name in arrays:
-            if is_statistic(name):
-                arrays[name] = mean[name]
+        key = self.weighted_by_key  # type: ignore[attr-defined]
+        statistics = [  # only the statistics: the parameters' mean is Flower's
+            RecordDict(
+                {
+                    keys.ARRAYS: ArrayRecord(
+                        {
+                            k: a
+                            for k, a in r.content.array_records[keys.ARRAYS].items()
+                            if is_statistic(k)
+                        }
+                    ),
+                    keys.METRICS: r.content.metric_records[keys.METRICS],
+                }
+            )
+            for r in replies
+            if not r.has_error()
+        ]
+        mean = aggregate_arrayrecords(statistics, key)
+        for name in mean:
+            arrays[name] = mean[name]
         return arrays, metrics
