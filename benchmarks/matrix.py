@@ -201,6 +201,7 @@ def run_cell(
     whole, train = round_times(run_dir)
     guidance_path = run_dir / "guidance.json"
     guidance = json.loads(guidance_path.read_text()) if guidance_path.exists() else {}
+    k = min(last_k, rounds)  # a run shorter than K: all its rounds
     row = {
         "method": cell.method,
         "scenario": cell.scenario,
@@ -209,7 +210,7 @@ def run_cell(
         "final_acc": summary["final-round-accuracy"],
         "best_acc": summary["best-round-accuracy"],
         "best_round": summary["best-round"],
-        "last_acc": last_rounds_accuracy(run_dir, min(last_k, rounds)),
+        "last_acc": last_rounds_accuracy(run_dir, k),
         "round_s": whole,
         "train_s": train,
         "guidance_s": guidance.get("seconds", 0.0),
@@ -218,7 +219,7 @@ def run_cell(
     }
     print(
         f"{label}: final {100 * row['final_acc']:.2f}% | best "
-        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | last-{min(last_k, rounds)} "
+        f"{100 * row['best_acc']:.2f}% (round {row['best_round']}) | last-{k} "
         f"mean {100 * row['last_acc']:.2f}% | round "
         f"{whole:.1f} s | guidance {row['guidance_s']:.0f} s | {fmt_time(row['wall_s'])}",
         flush=True,
