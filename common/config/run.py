@@ -141,7 +141,10 @@ class RuntimeConfig:
     """Where the run computes and writes."""
 
     device: str = "cpu"
-    eval_batch_size: int = 1000
+    # Small batches stay in the CPU's cache: on a 2-core EPYC the 10,000 test
+    # images score 2.2x faster at 128 than at 1000, with the same accuracy
+    # and a loss equal to 8 digits (the batch size only changes float rounding).
+    eval_batch_size: int = 128
     output_dir: str = "outputs"
     run_name: str = ""
 
