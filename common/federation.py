@@ -107,6 +107,9 @@ def test_tensors(cfg: RunConfig) -> tuple[Tensor, Tensor]:
     return _test_tensors(cfg.data.dataset, cfg.data.data_root)
 
 
+CHANNELS_LAST_MIN_WIDTH = 8
+
+
 def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     """The run's client model, freshly initialised from the global torch RNG."""
     spec = spec or get_spec(cfg.data.dataset)
@@ -125,7 +128,12 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     # NHWC convolutions: on a 2-core CPU a client's round of ResNet-10 (width
     # 16) trains 1.39x faster than NCHW (a FedAvg cell of 12 rounds: 126 s ->
     # 108 s), and it is the layout a GPU's tensor cores want. load_state_dict
-    # keeps it (it copies into the existing tensors).
+    # keeps it (it copies into the existing tensors). Not below width 8:
+    # torch 2.14's CPU backward of an NHWC ResNet-10 with fewer than 8 stem
+    # channels corrupts the heap (widths 2, 4, 6, 7 abort with "double free";
+    # 8, 9, 12, 16, 24 train).
+    if cfg.model.width < CHANNELS_LAST_MIN_WIDTH:
+        return model
     return model.to(memory_format=torch.channels_last)
 
 

@@ -1,9 +1,14 @@
 """Model output shapes for both models, both channel counts and both widths."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from common.models import MODELS, build_model
+from tests.conftest import APP_DIR
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -27,3 +32,33 @@ def test_resnet10_has_one_block_per_stage():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="mobilenetv2, resnet10"):
         build_model("vgg", 3, 10, 64, 32)
+
+
+@pytest.mark.parametrize("width", [4, 7, 16])
+def test_client_models_train_at_small_and_large_widths(width):
+    """torch 2.14 corrupts the heap in an NHWC ResNet-10 backward below width 8
+    (make_model keeps those NCHW); a subprocess, so an abort fails one test."""
+    code = f"""
+import torch
+from common.config import RunConfig
+from common.federation import make_model
+from pathlib import Path
+from deploy.local_sim import app_defaults
+cfg = RunConfig.from_run_config({{**app_defaults(Path(".")), "model-width": {width}}})
+model = make_model(cfg)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for _ in range(3):
+    loss = model(torch.randn(32, 1, 28, 28)).logits.square().mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+print(all(p.is_contiguous() for p in model.parameters()))  # NCHW
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=APP_DIR,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(width < 8)
