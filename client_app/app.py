@@ -6,8 +6,16 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.diffusion_training import diffusion_train
 from client_app.guidance import guidance_for
@@ -27,7 +35,23 @@ from common.federation import (
 )
 from common.seeding import client_round_seed
 
-app = ClientApp()
+
+def tag_partition(
+    msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Mod: every reply says which partition answered.
+
+    The server sorts replies by it before aggregating, so a float sum has the
+    same order in every run (``server_app.ordered_grid``).
+    """
+    reply = call_next(msg, context)
+    if not reply.has_error():
+        partition_id = int(context.node_config[keys.PARTITION_ID])
+        reply.content[keys.NODE] = ConfigRecord({keys.PARTITION_ID: partition_id})
+    return reply
+
+
+app = ClientApp(mods=[tag_partition])
 
 
 class NodeSetup(NamedTuple):
@@ -136,6 +160,12 @@ def query(msg: Message, context: Context) -> Message:
         labels=labels,
     )
     return Message(content=content, reply_to=msg)
+
+
+@app.query("partition")
+def partition(msg: Message, context: Context) -> Message:
+    """An empty reply: ``tag_partition`` adds this node's partition id."""
+    return Message(content=RecordDict(), reply_to=msg)
 
 
 @app.evaluate()

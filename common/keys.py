@@ -96,5 +96,6 @@ PREV_LOCAL_MODEL = "prev-local-model"  # MOON's z_prev comes from this model
 
 # Node config (simulation injects both; deployment passes --node-config)
 PARTITION_ID = "partition-id"
+NODE = "node"  # reply ConfigRecord {partition-id}: the server sorts replies by it
 NUM_PARTITIONS = "num-partitions"
 SHARE_LATENTS = "share-latents"  # this node opts in to latent upload

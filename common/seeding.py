@@ -40,6 +40,9 @@ REAL_REFERENCE = 5
 ETF_FRAME = 31
 """FedETF's fixed classifier frame, mixed as (seed, SALT): built identically
 by the server and every client, never sent."""
+NODE_SAMPLING = 37
+"""Python's ``random``, which Flower's strategies sample nodes with, reseeded
+before each draw as (seed, round, draw, SALT)."""
 GENERATION_OFFSET = 1000
 """Added to the seed of the server's one-off image generation (auxiliary set,
 adaptation set); an offset, not a salt, because the samplers take one int."""
@@ -83,3 +86,20 @@ def client_round_seed(seed: int, partition_id: int, server_round: int) -> int:
     """
     sequence = np.random.SeedSequence([int(seed), int(partition_id), int(server_round)])
     return int(sequence.generate_state(1)[0])
+
+
+def deterministic_torch() -> None:
+    """torch's switches for bit-identical results from identical inputs.
+
+    On CPU the ops this project uses are deterministic already for a fixed
+    thread count; the switches matter on a GPU (cuDNN's autotuner and
+    atomics). ``warn_only``: an op without a deterministic kernel warns
+    instead of stopping a run.
+    """
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False

@@ -19,6 +19,7 @@ launcher does what a user wants instead:
 Usage::
 
     python -m deploy.local_sim [--run-config "k=v ..."] [--num-supernodes N]
+    python -m deploy.local_sim --resume outputs/<run>   # continue a crashed run
 
 Exit code 0 only when the run finished with status ``finished:completed``.
 """
@@ -92,6 +93,26 @@ def to_toml_overrides(values: dict[str, Any]) -> str:
 def resolve_config(app_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     """Validate defaults + overrides exactly as the apps will (fails fast)."""
     return RunConfig.from_run_config({**app_defaults(app_dir), **overrides})
+
+
+def resume_overrides(run_dir: Path | str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The run config that continues ``run_dir``: its own config, ``resume`` set,
+    then ``overrides`` (only ``num-server-rounds`` may differ; the ServerApp
+    refuses anything else, naming the keys)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--resume {run_dir}: no config.json there; not a run folder"
+        )
+    config = json.loads(path.read_text())
+    return {
+        **config,
+        **overrides,
+        "resume": str(run_dir),
+        "output-dir": str(run_dir.parent),
+        "run-name": run_dir.name,
+    }
 
 
 def _free_port() -> int:
@@ -207,6 +228,11 @@ def run_simulation(
     preflight(cfg)
     run_dir = Path(cfg.runtime.output_dir) / cfg.runtime.run_name
     nodes = num_supernodes or cfg.federation.num_clients
+    if cfg.runtime.tensorboard:
+        print(
+            f"follow the run: tensorboard --logdir {run_dir / 'tensorboard'}",
+            flush=True,
+        )
 
     bin_dir = Path(sys.executable).parent
     flwr, superlink = str(bin_dir / "flwr"), str(bin_dir / "flower-superlink")
@@ -324,9 +350,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="do not stream the run's log"
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue an interrupted run from its last checkpoint (same config; "
+        "-c num-server-rounds=N may extend it)",
+    )
     args = parser.parse_args(argv)
     try:
         overrides = parse_config_args(args.run_config)
+        if args.resume:
+            overrides = resume_overrides(args.resume, overrides)
         result = run_simulation(
             args.app,
             overrides,
@@ -347,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\nrun {result.run_id}: {result.status} in {result.seconds:.0f} s; "
         f"outputs in {result.run_dir}"
     )
+    if not result.ok and (result.run_dir / "checkpoints").is_dir():
+        print(
+            f"continue it from its last checkpoint: python -m deploy.local_sim "
+            f"--resume {result.run_dir}",
+            file=sys.stderr,
+        )
     if not result.ok:
         print("the run did not complete; its log is above", file=sys.stderr)
         return 1

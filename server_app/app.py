@@ -1,4 +1,4 @@
-"""ServerApp entry point: config -> data split -> guidance -> strategy.start -> outputs."""
+"""ServerApp entry point: config -> data split -> guidance -> rounds -> outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from common import keys
+from common import keys, seeding
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset, to_float
 from common.evaluation import evaluate, linear_probe
@@ -20,10 +20,13 @@ from common.federation import (
     test_tensors,
 )
 from common.io import atomic_write_json
+from server_app.checkpoint import save_checkpoint
 from server_app.fedddpm import run_fedddpm
 from server_app.guidance import guidance_kwargs
+from server_app.ordered_grid import OrderedGrid
 from server_app.preflight import preflight
 from server_app.reporting import RunRecorder
+from server_app.resume import resume_point, run_rounds
 from server_app.strategies import strategy_class
 from server_app.strategies.correcting import CorrectingFedAvg
 
@@ -37,9 +40,11 @@ def main(grid: Grid, context: Context) -> None:
     # before any client trains.
     cfg = RunConfig.from_run_config(context.run_config)
     preflight(cfg)
+    resumed = resume_point(cfg)
+    grid = ordered_grid(grid, cfg)
     method = cfg.method_info
     if method.model == "diffusion-unet":  # FedDDPM: its own flow
-        run_fedddpm(grid, cfg)
+        run_fedddpm(grid, cfg, resumed)
         return
     strategy_cls = strategy_class(method.name)
     device = resolve_device(cfg.runtime.device)
@@ -48,7 +53,7 @@ def main(grid: Grid, context: Context) -> None:
     split = data_split(cfg)
     test_images, test_labels = test_tensors(cfg)
 
-    recorder = RunRecorder(cfg)
+    recorder = RunRecorder(cfg, resumed.rows if resumed else None)
     recorder.save_partition(split, train_set.labels.numpy(), list(spec.class_names))
 
     torch.manual_seed(cfg.seed)
@@ -82,6 +87,14 @@ def main(grid: Grid, context: Context) -> None:
         else:
             result = evaluate(model, *scored, device)
         recorder.record_round(server_round, result, time.perf_counter() - t0)
+        save_checkpoint(
+            recorder.dir,
+            server_round,
+            arrays,
+            strategy,
+            recorder.rows,
+            cfg.runtime.checkpoint_every,
+        )
         return MetricRecord(
             {keys.CENTRAL_ACCURACY: result.accuracy, keys.CENTRAL_LOSS: result.loss}
         )
@@ -99,12 +112,32 @@ def main(grid: Grid, context: Context) -> None:
     )
     if isinstance(strategy, CorrectingFedAvg):  # its server work goes to metrics
         strategy.round_log = recorder.note_server
-    train_config = ConfigRecord(local_training_config(cfg))
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.federation.num_server_rounds,
-        train_config=train_config,
-        evaluate_fn=central_evaluate,
+    strategy.sampling_seed = cfg.seed  # the same nodes each round, every run
+    final = run_rounds(
+        strategy,
+        grid,
+        ArrayRecord(model.state_dict()),
+        cfg.federation.num_server_rounds,
+        central_evaluate,
+        resumed,
+        train_config=ConfigRecord(local_training_config(cfg)),
     )
-    recorder.finish(result.arrays, model, strategy.rejected)
+    recorder.finish(final, model, strategy.rejected)
+
+
+def ordered_grid(grid: Grid, cfg: RunConfig) -> OrderedGrid:
+    """The Grid in partition order (``server_app.ordered_grid``).
+
+    With the strategy's seeded sampling (``strategies.seeded_sampling``):
+    same seed, same config, the same nodes every round and the same
+    aggregation order, so runs are bit-identical on CPU and a resumed run
+    equals an uninterrupted one.
+    """
+    seeding.deterministic_torch()
+    ordered = OrderedGrid(grid)
+    fed = cfg.federation
+    if fed.fraction_train < 1.0 or 0.0 < fed.fraction_evaluate < 1.0:
+        ordered.learn_partitions(
+            fed.min_available_clients
+        )  # a sample of nodes: draw it from a fixed order
+    return ordered

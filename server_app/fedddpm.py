@@ -36,7 +36,7 @@ from common import keys, seeding
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import data_split
-from common.io import append_jsonl, atomic_write_json
+from common.io import atomic_write_json
 from diffusion_service.embedded_model import resolve_guidance_model
 from diffusion_service.federated.auxiliary import aux_plan, sample_auxiliary
 from diffusion_service.federated.ldm import (
@@ -49,8 +49,10 @@ from diffusion_service.federated.ldm import (
 )
 from diffusion_service.federated.measures import DenoisingProbe
 from diffusion_service.pretrain.sampling import save_grid
+from server_app.checkpoint import Checkpoint, save_checkpoint
 from server_app.measures import RoundMeasures
 from server_app.reporting import RunRecorder
+from server_app.resume import run_rounds
 from server_app.strategies import strategy_class
 
 NODE_WAIT_SECONDS = 300
@@ -160,13 +162,19 @@ def build_auxiliary(cfg, parts, states, counts, run_dir) -> tuple[tuple, dict]:
     return (latents, labels), info
 
 
-def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
-    """Run one diffusion-model federation; return its summary."""
-    t_start = time.perf_counter()
+def run_fedddpm(
+    grid: Grid, cfg: RunConfig, resumed: Checkpoint | None = None
+) -> dict[str, Any]:
+    """Run one diffusion-model federation; return its summary.
+
+    A resumed run redoes what comes before round 1 (phase a, the auxiliary
+    set: seeded, so the same) and continues the rounds from ``resumed``.
+    """
     spec = get_spec(cfg.data.dataset)
     train_set, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     split = data_split(cfg)
-    recorder = RunRecorder(cfg)
+    recorder = RunRecorder(cfg, resumed.rows if resumed else None)
+    t_start = recorder.started
     recorder.save_partition(split, train_set.labels.numpy(), list(spec.class_names))
     folder = resolve_guidance_model(cfg.guidance.model)
     prompts = [cfg.guidance.prompt_template.format(name) for name in spec.class_names]
@@ -229,7 +237,8 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         train_metrics_aggr_fn=train_metrics,
     )
     strategy.round_log = lambda info: server.update(info)
-    rows: list[dict[str, Any]] = []
+    strategy.sampling_seed = cfg.seed
+    rows = recorder.rows
     t_last = time.perf_counter()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -251,8 +260,15 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             "round-seconds": now - t_last,
             "elapsed-seconds": now - t_start,
         }
-        rows.append(row)
-        append_jsonl(recorder.metrics_path, row)
+        recorder.append_row(row)
+        save_checkpoint(
+            recorder.dir,
+            server_round,
+            arrays,
+            strategy,
+            recorder.rows,
+            cfg.runtime.checkpoint_every,
+        )
         log(
             INFO,
             "[round %d/%d] denoising loss %.4f | FD %.2f | sample accuracy %.1f%% | "
@@ -273,14 +289,16 @@ def run_fedddpm(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
         )
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=cfg.federation.num_server_rounds,
+    final = run_rounds(
+        strategy,
+        grid,
+        initial,
+        cfg.federation.num_server_rounds,
+        evaluate_fn,
+        resumed,
         train_config=ConfigRecord(),
-        evaluate_fn=evaluate_fn,
     )
-    unet.load_state_dict(result.arrays.to_torch_state_dict())
+    unet.load_state_dict(final.to_torch_state_dict())
     model_dir = save_diffusers(recorder.dir / "model", parts, unet)
     trained = [r for r in rows if r["round"] >= 1]
     final = rows[-1]

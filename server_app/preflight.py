@@ -11,6 +11,7 @@ message naming the key, not as a traceback from inside the simulation.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from diffusion_service.embedded_model import (
 )
 from diffusion_service.model import ModelLayoutError, check_model_folder
 from server_app.guidance import store_root
+from server_app.resume import resume_point
+from server_app.tensorboard_sink import INSTALL_HINT
 
 
 class PreflightError(ConfigError):
@@ -50,6 +53,11 @@ def preflight(cfg: RunConfig) -> None:
     writable("output-dir", Path(cfg.runtime.output_dir))
     if cfg.method_info.guided:
         writable("feature-store", store_root(cfg))
+    if cfg.runtime.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise PreflightError(
+            f"run-config 'tensorboard' = true needs the tensorboard package: {INSTALL_HINT}"
+        )
+    resume_point(cfg)  # a resumed run: same config, a usable checkpoint
 
 
 def check_guidance_model(name: str) -> None:

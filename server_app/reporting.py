@@ -6,6 +6,8 @@ Layout of ``<output-dir>/<run-name>/``::
     partition_counts.csv      clients x classes label counts (+ public split row)
     partition_heatmap.png
     metrics.jsonl             one line per round (round 0 = initial model)
+    checkpoints/round-N.safetensors  the latest two checkpoints (resume from them)
+    tensorboard/              TensorBoard event files (``tensorboard = true``)
     accuracy.png              global test accuracy per round (redrawn each round)
     summary.json              final-round and best-round accuracy, labelled
     model.safetensors         the final global model
@@ -15,6 +17,7 @@ Every file is written atomically; ``metrics.jsonl`` is appended line by line.
 
 from __future__ import annotations
 
+import json
 import time
 from logging import INFO
 from pathlib import Path
@@ -29,10 +32,12 @@ from torch import nn
 
 from common import keys
 from common.config import RunConfig
+from common.datasets import get_spec
 from common.evaluation import EvalResult
 from common.io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text
 from common.partition import DataSplit
 from server_app.plots import plot_accuracy, plot_partition_heatmap
+from server_app.tensorboard_sink import TensorBoardSink
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -41,21 +46,36 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.method}-{cfg.data.dataset}-{cfg.data.partitioner}-{stamp}"
 
 
-class RunRecorder:
-    """Writes a run's outputs and prints one console line per round."""
+def run_folder(cfg: RunConfig) -> Path:
+    """The run's folder: the one being resumed, or ``<output-dir>/<run-name>``."""
+    if cfg.runtime.resume:
+        return Path(cfg.runtime.resume).expanduser().resolve()
+    name = cfg.runtime.run_name or default_run_name(cfg)
+    return Path(cfg.runtime.output_dir).expanduser().resolve() / name
 
-    def __init__(self, cfg: RunConfig) -> None:
+
+class RunRecorder:
+    """Writes a run's outputs and prints one console line per round.
+
+    ``resumed_rows`` (a checkpoint's metrics rows) continues an interrupted
+    run in its own folder: ``metrics.jsonl`` is rewritten to exactly those
+    rows (a round logged after the checkpoint is dropped, not duplicated).
+    """
+
+    def __init__(
+        self, cfg: RunConfig, resumed_rows: list[dict[str, Any]] | None = None
+    ) -> None:
         self.cfg = cfg
-        name = cfg.runtime.run_name or default_run_name(cfg)
-        self.dir = Path(cfg.runtime.output_dir).expanduser().resolve() / name
-        if self.dir.exists() and any(self.dir.iterdir()):
+        self.dir = run_folder(cfg)
+        if resumed_rows is None and self.dir.exists() and any(self.dir.iterdir()):
             raise FileExistsError(
                 f"run folder {self.dir} already exists and is not empty; choose another "
                 "run-name (or leave it empty for a timestamped one) so no results are "
-                "overwritten"
+                "overwritten, or continue it with resume (launcher: --resume)"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.rows: list[dict[str, Any]] = []
         self.rounds: list[int] = []
         self.accuracy: list[float] = []
         self._pending_train: dict[str, Any] = {}
@@ -63,8 +83,47 @@ class RunRecorder:
         self._pending_server: dict[str, Any] = {}
         self.validation: list[float | None] = []
         self._t_start = time.perf_counter()
-        self._t_last = self._t_start
+        if resumed_rows:
+            self._restore(resumed_rows)
+        self._t_last = time.perf_counter()
         atomic_write_json(self.dir / "config.json", cfg.to_run_config())
+        self.tensorboard = (
+            TensorBoardSink(
+                self.dir / "tensorboard",
+                first_step=self.rows[-1]["round"] + 1 if self.rows else 0,
+                class_names=list(get_spec(cfg.data.dataset).class_names),
+            )
+            if cfg.runtime.tensorboard
+            else None
+        )
+
+    def _restore(self, rows: list[dict[str, Any]]) -> None:
+        """Continue after a checkpoint's rows: lists, clock and metrics.jsonl."""
+        self.rows = [dict(r) for r in rows]
+        atomic_write_text(
+            self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows)
+        )
+        for row in self.rows:
+            if keys.CENTRAL_ACCURACY in row:
+                self.rounds.append(row["round"])
+                self.accuracy.append(row[keys.CENTRAL_ACCURACY])
+                self.validation.append(
+                    row.get("validation", {}).get(keys.EVAL_ACCURACY)
+                )
+        # Elapsed time goes on from where the interrupted run stopped.
+        self._t_start -= float(self.rows[-1].get("elapsed-seconds", 0.0))
+
+    @property
+    def started(self) -> float:
+        """``perf_counter`` at the run's start (earlier by the time a resumed run had)."""
+        return self._t_start
+
+    def append_row(self, row: dict[str, Any]) -> None:
+        """One metrics line: to ``metrics.jsonl``, the checkpoint's rows, TensorBoard."""
+        self.rows.append(row)
+        append_jsonl(self.metrics_path, row)
+        if self.tensorboard is not None:
+            self.tensorboard.write(row)
 
     def save_partition(
         self, split: DataSplit, labels: np.ndarray, class_names: list[str]
@@ -164,7 +223,7 @@ class RunRecorder:
         if self._pending_server:
             row["server"] = self._pending_server
         self.validation.append(self._pending_validation.get(keys.EVAL_ACCURACY))
-        append_jsonl(self.metrics_path, row)
+        self.append_row(row)
         plot_accuracy(
             self.rounds,
             self.accuracy,
@@ -249,6 +308,8 @@ class RunRecorder:
             "run-dir": str(self.dir),
         }
         atomic_write_json(self.dir / "summary.json", summary)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         log(
             INFO,
             "Final-round accuracy %.2f%% | best-round accuracy %.2f%% (round %d) | %s",

@@ -169,3 +169,70 @@ def test_validation_scores_are_recorded_and_select_a_round(defaults, tmp_path):
     # test accuracy at the validation-selected round, not the best test round
     assert summary["test-accuracy-at-best-validation-round"] == 0.7
     assert summary["best-round"] == 2
+
+
+def _record(rec, rounds):
+    for r in rounds:
+        if r > 0:
+            rec.aggregate_train_metrics([], "num-examples")  # no clients: empty mean
+            rec._pending_train = {"train-loss": 1.0 / r}
+        rec.record_round(r, _result(0.1 * (r + 1)), 0.01)
+
+
+def test_a_resumed_recorder_continues_the_metrics_without_duplicates(
+    defaults, tmp_path
+):
+    """Rounds 0-2 were checkpointed, round 3 was logged before the crash: the
+    resumed run's metrics.jsonl holds 0-2 once, then the new rounds."""
+    cfg = RunConfig.from_run_config(
+        {
+            **defaults,
+            "output-dir": str(tmp_path),
+            "run-name": "r",
+            "num-server-rounds": 5,
+        }
+    )
+    rec = RunRecorder(cfg)
+    _record(rec, range(3))
+    checkpointed = [dict(r) for r in rec.rows]
+    _record(rec, [3])  # logged, never checkpointed
+    resumed_cfg = cfg.with_overrides({"resume": str(rec.dir)})
+    again = RunRecorder(resumed_cfg, checkpointed)
+    assert again.dir == rec.dir and again.rounds == [0, 1, 2]
+    _record(again, [3, 4])
+    rows = read_jsonl(rec.dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[:3] == checkpointed
+    assert rows[3]["elapsed-seconds"] >= checkpointed[-1]["elapsed-seconds"]
+
+
+def test_tensorboard_event_files_read_back(defaults, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = RunConfig.from_run_config(
+        {
+            **defaults,
+            "output-dir": str(tmp_path),
+            "run-name": "tb",
+            "tensorboard": True,
+            "dataset": "fashion-mnist",
+        }
+    )
+    rec = RunRecorder(cfg)
+    _record(rec, range(3))
+    rec.tensorboard.close()
+    events = EventAccumulator(str(rec.dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"test/central-accuracy", "train/train-loss", "time/round-seconds"} <= set(
+        tags
+    )
+    per_class = sorted(t for t in tags if t.startswith("per-class-accuracy/"))
+    assert per_class == [
+        f"per-class-accuracy/{c}" for c in ("pullover", "t-shirt", "trouser")
+    ]
+    accuracy = [
+        (e.step, round(e.value, 6)) for e in events.Scalars("test/central-accuracy")
+    ]
+    assert accuracy == [(0, 0.1), (1, 0.2), (2, 0.3)]
+    assert [e.step for e in events.Scalars("train/train-loss")] == [1, 2]

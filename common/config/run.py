@@ -147,6 +147,11 @@ class RuntimeConfig:
     eval_batch_size: int = 128
     output_dir: str = "outputs"
     run_name: str = ""
+    # Crash safety (server_app/checkpoint.py): a checkpoint after every round
+    # always; also keep every N-th (0 = only the latest two).
+    checkpoint_every: int = 0
+    resume: str = ""  # a run folder to continue from its last complete round
+    tensorboard: bool = False  # also write TensorBoard event files
 
     def validate(self) -> None:
         check(
@@ -162,3 +167,9 @@ class RuntimeConfig:
             "'cpu', 'cuda' or 'cuda:N'",
         )
         check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")
+        check(
+            self.checkpoint_every >= 0,
+            "checkpoint-every",
+            self.checkpoint_every,
+            "an int >= 0 (0 = keep only the latest checkpoints)",
+        )

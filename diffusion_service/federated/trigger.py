@@ -75,6 +75,15 @@ class CorrectionSchedule:
         self.since: int | None = None
         self.fired_rounds: list[int] = []
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the loss history, cool-down, fired rounds."""
+        return {"losses": self.losses, "since": self.since, "fired": self.fired_rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = [float(x) for x in state["losses"]]
+        self.since = state["since"]
+        self.fired_rounds = [int(r) for r in state["fired"]]
+
     @property
     def needs_loss(self) -> bool:
         """Whether :meth:`decide` needs this round's loss."""

@@ -41,6 +41,7 @@ class CorrectingFedAvg(UpdateGuard, FedAvg):
         Flower ``FedAvg`` arguments.
     """
 
+    checkpointed = ("schedule",)  # the trigger's loss history and cool-down
     correction: ClassVar[str] = "every"
     measures_every_round: ClassVar[bool] = False
 

@@ -21,6 +21,8 @@ class FedAdam(UpdateGuard, StatisticsAveraged, FlowerFedAdam):
     train with cross-entropy alone, as in FedAvg.
     """
 
+    checkpointed = ("m_t", "v_t")  # Flower's Adam moments
+
     @classmethod
     def from_config(cls, section: BaselineConfig, **kwargs: Any) -> FedAdam:
         """Build from the baselines section; ``kwargs`` are Flower's FedAvg arguments."""

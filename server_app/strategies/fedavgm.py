@@ -21,6 +21,8 @@ class FedAvgM(UpdateGuard, StatisticsAveraged, FlowerFedAvgM):
     averaged, not stepped (:mod:`.server_optimiser`).
     """
 
+    checkpointed = ("momentum_vector",)  # Flower's server momentum
+
     @classmethod
     def from_config(cls, section: BaselineConfig, **kwargs: Any) -> FedAvgM:
         """Build from the baselines section; ``kwargs`` are Flower's FedAvg arguments."""

@@ -23,6 +23,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from common import keys
+from server_app.strategies.seeded_sampling import SeededSampling
 
 Signature = dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype)
 
@@ -63,18 +64,24 @@ def update_problem(content: RecordDict, expected: Signature) -> str | None:
     return None
 
 
-class UpdateGuard:
-    """Mixin, first in a Flower strategy's bases: checked ``aggregate_train``.
+class UpdateGuard(SeededSampling):
+    """Mixin, first in a Flower strategy's bases: checked ``aggregate_train``
+    (and, through :class:`SeededSampling`, a seeded node sample).
 
     ``rejected`` lists ``(round, node id, reason)`` of every reply left out.
     """
 
     _expected: Signature | None = None
+    checkpointed = ("rejected",)  # server_app.checkpoint saves and restores it
 
     @property
     def rejected(self) -> list[tuple[int, int, str]]:
         """Every reply left out of aggregation so far: (round, node, reason)."""
         return self.__dict__.setdefault("_rejected", [])
+
+    @rejected.setter
+    def rejected(self, value: list) -> None:  # a checkpoint's (JSON) lists
+        self.__dict__["_rejected"] = [tuple(entry) for entry in value or []]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

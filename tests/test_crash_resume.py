@@ -1,0 +1,148 @@
+"""Crash safety with real processes: the same seed gives the same digits, and a
+run whose ServerApp is SIGKILLed after round 3 resumes to the same end.
+
+FedAvgM (server momentum: state the checkpoint must carry) with 2 of 3
+clients sampled per round (Flower's seeded sampling over partition-ordered
+nodes).
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from common.io import read_jsonl
+from deploy.local_sim import descendants, resume_overrides, run_simulation
+from server_app.checkpoint import CHECKPOINT_DIR, checkpoint_path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+RUN = {
+    "method": "fedavgm",
+    "server-momentum": 0.9,
+    "num-clients": 3,
+    "fraction-train": 0.67,  # 2 of 3 nodes each round
+    "num-server-rounds": 6,
+    "partitioner": "dirichlet",
+    "dirichlet-beta": 0.5,
+    "max-samples-per-client": 200,
+    "model-width": 4,
+}
+COMPARED = ("round", "central-accuracy", "central-loss", "per-class-accuracy")
+
+
+def _digits(run_dir: Path) -> list[tuple]:
+    """What must match bit for bit: every round's scores and train metrics."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [
+        (
+            *(r[k] for k in COMPARED),
+            r["train"].get("train-loss"),
+            r["train"].get("clients"),
+        )
+        for r in rows
+    ]
+
+
+def _simulation_pids() -> list[int]:
+    """This test's ServerApp processes (Flower's ``flwr-simulation``)."""
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"flwr-simulation" in cmd:
+            found.append(pid)
+    return found
+
+
+def _flwr_run_pids() -> list[int]:
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(cmd) > 1 and cmd[0].endswith(b"flwr") and cmd[1] == b"run":
+            found.append(pid)
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    result = run_simulation(
+        APP_DIR,
+        {**RUN, "output-dir": str(out), "run-name": "a"},
+        stream=False,
+        timeout=600,
+    )
+    assert result.ok, result.output[-3000:]
+    return result
+
+
+def test_the_same_seed_gives_the_same_digits(uninterrupted, tmp_path):
+    again = run_simulation(
+        APP_DIR,
+        {**RUN, "output-dir": str(tmp_path), "run-name": "b"},
+        stream=False,
+        timeout=600,
+    )
+    assert again.ok, again.output[-3000:]
+    first, second = _digits(uninterrupted.run_dir), _digits(again.run_dir)
+    assert len(first) == 7 and first == second
+    print("\nreproducibility (round, accuracy, loss):")
+    for a, b in zip(first, second, strict=True):
+        print(f"  {a[0]}: {a[1]!r} {a[2]!r} | {b[1]!r} {b[2]!r}")
+
+
+def test_a_run_killed_after_round_3_resumes_to_the_same_end(uninterrupted, tmp_path):
+    overrides = {**RUN, "output-dir": str(tmp_path), "run-name": "crash"}
+    box = {}
+    worker = threading.Thread(
+        target=lambda: box.update(
+            result=run_simulation(APP_DIR, overrides, stream=False, timeout=600)
+        )
+    )
+    worker.start()
+    run_dir = tmp_path / "crash"
+    deadline = time.monotonic() + 300
+    while not checkpoint_path(run_dir, 3).exists():
+        assert time.monotonic() < deadline and worker.is_alive(), box
+        time.sleep(0.05)
+    servers = _simulation_pids()
+    assert servers, "no flwr-simulation process found"
+    for pid in servers:  # the ServerApp's whole process group, no clean-up
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    killed_after = max(r["round"] for r in read_jsonl(run_dir / "metrics.jsonl"))
+    # `flwr run --stream` may keep waiting on a run whose server is gone.
+    worker.join(timeout=60)
+    for pid in _flwr_run_pids():
+        os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert not box["result"].ok  # the run did not complete
+    assert not (run_dir / "summary.json").exists()
+    assert killed_after >= 3
+
+    resumed = run_simulation(
+        APP_DIR, resume_overrides(run_dir, {}), stream=False, timeout=600
+    )
+    assert resumed.ok, resumed.output[-3000:]
+    assert resumed.run_dir == run_dir
+    assert "Resuming after round" in resumed.output
+    whole, after = _digits(uninterrupted.run_dir), _digits(run_dir)
+    assert [r[0] for r in after] == list(range(7))  # no round twice, none missing
+    assert after == whole
+    print(f"\nkilled after round {killed_after}; resumed; final round:")
+    print(f"  uninterrupted {whole[-1][1]!r} {whole[-1][2]!r}")
+    print(f"  resumed       {after[-1][1]!r} {after[-1][2]!r}")
+    assert sorted(p.name for p in (run_dir / CHECKPOINT_DIR).iterdir()) == [
+        "round-0005.safetensors",
+        "round-0006.safetensors",
+    ]
