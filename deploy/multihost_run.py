@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -16,8 +17,14 @@ from typing import Any
 from common.io import read_jsonl
 from deploy.flwr_connection import add_connection
 from deploy.hosts import Hosts, alive, kill_host, wait_until
-from deploy.local_sim import resolve_config, to_toml_overrides
+from deploy.local_sim import (
+    descendants,
+    resolve_config,
+    resume_overrides,
+    to_toml_overrides,
+)
 from deploy.netns import Network
+from server_app.checkpoint import checkpoint_path
 
 DEPLOY = Path(__file__).resolve().parent
 PORT = 8000  # the SuperLink's single HTTPS port, as in the docs and compose
@@ -39,6 +46,10 @@ class MultihostResult:
     rogue_message: str = ""
     killed_node: int | None = None
     killed_at: float | None = None  # seconds since the start
+    server_killed_after: int | None = None  # round whose checkpoint was there
+    interrupted_status: str = ""  # the killed run's status
+    interrupted_run_id: int | None = None
+    resumed_run_id: int | None = None
     train_clients: dict[int, int] = field(default_factory=dict)  # round -> replies
     failures_logged: int = 0  # "... failures" lines of the strategy
     stragglers: list[int] = field(default_factory=list)
@@ -84,10 +95,16 @@ def run_multihost(
     rogue: bool = True,
     guidance_service: bool = False,
     isolation: str = "process",
+    kill_server_after: int | None = None,
     stream: bool = True,
     timeout: float = 900,
 ) -> MultihostResult:
-    """Deploy, run and tear down; see the module docstring of deploy.multihost."""
+    """Deploy, run and tear down; see the module docstring of deploy.multihost.
+
+    ``kill_server_after`` = k: once round k's checkpoint is written, SIGKILL
+    the server host's ServerApp, then resume the run (``resume``) with the
+    SuperNodes still connected.
+    """
     app_dir, work = app_dir.resolve(), work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if kill_node is not None and not 0 <= kill_node < nodes:
@@ -240,9 +257,24 @@ def run_multihost(
               90, f"not all {nodes} SuperNodes came online", 2)  # fmt: skip
         mark("supernodes-online")
 
+        crash = None
+        if kill_server_after is not None:
+            crash = _ServerCrash(
+                Path(res.run_dir), kill_server_after, [link, *hosts.procs]
+            )
         _flwr_run(hosts, app_dir, overrides, res, clients, kill_node, kill_round,
-                  stream, timeout, cli_home, t0)  # fmt: skip
+                  stream, timeout, cli_home, t0, crash)  # fmt: skip
         mark("run-ended")
+        if crash is not None and crash.done:
+            res.server_killed_after = kill_server_after
+            res.interrupted_status = _run_status(hosts, srv, cli_home, res.run_id)
+            mark("serverapp-killed")
+            res.interrupted_run_id, res.run_id = res.run_id, None
+            resumed = resume_overrides(res.run_dir, {})
+            _flwr_run(hosts, app_dir, resumed, res, clients, None, kill_round,
+                      stream, timeout, cli_home, t0, None)  # fmt: skip
+            res.resumed_run_id = res.run_id
+            mark("resumed-run-ended")
         res.status = _run_status(hosts, srv, cli_home, res.run_id)
         metrics = Path(res.run_dir) / "metrics.jsonl"
         if metrics.exists():
@@ -258,9 +290,51 @@ def run_multihost(
     return res
 
 
+class _ServerCrash:
+    """Watches for round k's checkpoint, then SIGKILLs the ServerApp processes
+    (``flwr-serverapp`` under the server host's processes) and, after a grace
+    period, the ``flwr run`` that may keep streaming a run whose server is gone."""
+
+    def __init__(self, run_dir: Path, after: int, server_procs: list) -> None:
+        self.path = checkpoint_path(run_dir, after)
+        self.server_procs = server_procs
+        self.done = False
+
+    def watch(self, run: subprocess.Popen) -> threading.Thread:
+        def loop() -> None:
+            while run.poll() is None and not self.path.exists():
+                time.sleep(0.05)
+            if run.poll() is not None:
+                return
+            killed = 0
+            for proc in self.server_procs:
+                for pid in descendants(proc.pid):
+                    if _is_serverapp(pid):
+                        os.kill(pid, signal.SIGKILL)
+                        killed += 1
+            self.done = killed > 0
+            try:
+                run.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.kill()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+
+def _is_serverapp(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"flwr-serverapp" in cmd
+
+
 def _flwr_run(hosts, app_dir, overrides, res, clients, kill_node, kill_round,
-              stream, timeout, cli_home, t0) -> None:  # fmt: skip
-    """``flwr run --stream``; kill a SuperNode once round ``kill_round`` sent work."""
+              stream, timeout, cli_home, t0, crash) -> None:  # fmt: skip
+    """``flwr run --stream``; kill a SuperNode once round ``kill_round`` sent work,
+    and the ServerApp once ``crash`` sees its checkpoint."""
     cmd = [*hosts.net.exec_prefix(hosts.net.server), "flwr", "run", str(app_dir),
            CONNECTION, "--stream", "--run-config", to_toml_overrides(overrides)]  # fmt: skip
     lines: list[str] = []
@@ -277,6 +351,7 @@ def _flwr_run(hosts, app_dir, overrides, res, clients, kill_node, kill_round,
     ) as run:
         watchdog = threading.Timer(timeout, run.kill)
         watchdog.start()
+        watcher = crash.watch(run) if crash is not None else None
         try:
             assert run.stdout is not None
             for line in run.stdout:
@@ -302,4 +377,6 @@ def _flwr_run(hosts, app_dir, overrides, res, clients, kill_node, kill_round,
                     lines.append(f"### multihost: killed SuperNode {kill_node}\n")
         finally:
             watchdog.cancel()
-    res.output = "".join(lines)
+            if watcher is not None:
+                watcher.join(timeout=60)
+    res.output += "".join(lines)

@@ -20,7 +20,6 @@ from common.federation import (
     test_tensors,
 )
 from common.io import atomic_write_json
-from server_app.checkpoint import save_checkpoint
 from server_app.fedddpm import run_fedddpm
 from server_app.guidance import guidance_kwargs
 from server_app.ordered_grid import OrderedGrid
@@ -87,14 +86,7 @@ def main(grid: Grid, context: Context) -> None:
         else:
             result = evaluate(model, *scored, device)
         recorder.record_round(server_round, result, time.perf_counter() - t0)
-        save_checkpoint(
-            recorder.dir,
-            server_round,
-            arrays,
-            strategy,
-            recorder.rows,
-            cfg.runtime.checkpoint_every,
-        )
+        recorder.checkpoint(server_round, arrays, strategy)
         return MetricRecord(
             {keys.CENTRAL_ACCURACY: result.accuracy, keys.CENTRAL_LOSS: result.loss}
         )

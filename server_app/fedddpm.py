@@ -49,7 +49,7 @@ from diffusion_service.federated.ldm import (
 )
 from diffusion_service.federated.measures import DenoisingProbe
 from diffusion_service.pretrain.sampling import save_grid
-from server_app.checkpoint import Checkpoint, save_checkpoint
+from server_app.checkpoint import Checkpoint
 from server_app.measures import RoundMeasures
 from server_app.reporting import RunRecorder
 from server_app.resume import run_rounds
@@ -261,14 +261,7 @@ def run_fedddpm(
             "elapsed-seconds": now - t_start,
         }
         recorder.append_row(row)
-        save_checkpoint(
-            recorder.dir,
-            server_round,
-            arrays,
-            strategy,
-            recorder.rows,
-            cfg.runtime.checkpoint_every,
-        )
+        recorder.checkpoint(server_round, arrays, strategy)
         log(
             INFO,
             "[round %d/%d] denoising loss %.4f | FD %.2f | sample accuracy %.1f%% | "
@@ -322,6 +315,7 @@ def run_fedddpm(
         "pre-fl-seconds": record.get("phase-a", {}).get("seconds", 0.0)
         + record.get("auxiliary", {}).get("seconds", 0.0),
         "model-dir": str(model_dir),
+        **recorder.checkpoint_summary(),
         "wall-seconds": time.perf_counter() - t_start,
         "run-dir": str(recorder.dir),
     }

@@ -36,6 +36,7 @@ from common.datasets import get_spec
 from common.evaluation import EvalResult
 from common.io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text
 from common.partition import DataSplit
+from server_app.checkpoint import save_checkpoint
 from server_app.plots import plot_accuracy, plot_partition_heatmap
 from server_app.tensorboard_sink import TensorBoardSink
 
@@ -82,6 +83,7 @@ class RunRecorder:
         self._pending_validation: dict[str, Any] = {}
         self._pending_server: dict[str, Any] = {}
         self.validation: list[float | None] = []
+        self._checkpoints: list[tuple[float, int]] = []
         self._t_start = time.perf_counter()
         if resumed_rows:
             self._restore(resumed_rows)
@@ -112,6 +114,38 @@ class RunRecorder:
                 )
         # Elapsed time goes on from where the interrupted run stopped.
         self._t_start -= float(self.rows[-1].get("elapsed-seconds", 0.0))
+
+    def checkpoint(
+        self, server_round: int, arrays: ArrayRecord, strategy: object
+    ) -> None:
+        """Write this round's checkpoint (after its metrics row); time it for the summary."""
+        t0 = time.perf_counter()
+        path = save_checkpoint(
+            self.dir,
+            server_round,
+            arrays,
+            strategy,
+            self.rows,
+            self.cfg.runtime.checkpoint_every,
+        )
+        self._checkpoints.append((time.perf_counter() - t0, path.stat().st_size))
+
+    def checkpoint_summary(self) -> dict[str, Any]:
+        if not self._checkpoints:
+            return {}
+        seconds = [s for s, _ in self._checkpoints]
+        rounds = [r["round-seconds"] for r in self.rows if r.get("round", 0) > 0]
+        mean = float(np.mean(seconds))
+        return {
+            "checkpoint": {
+                "bytes": self._checkpoints[-1][1],
+                "mean-write-seconds": mean,
+                "share-of-round-time": mean / float(np.mean(rounds))
+                if rounds
+                else None,
+                "written": len(seconds),
+            }
+        }
 
     @property
     def started(self) -> float:
@@ -301,6 +335,7 @@ class RunRecorder:
             "best-round-note": "best over evaluated rounds (the papers report this); "
             "final-round-accuracy is the primary result",
             **self._validation_summary(),
+            **self.checkpoint_summary(),
             "rejected-updates": [
                 {"round": r, "node": n, "reason": why} for r, n, why in rejected
             ],

@@ -3,7 +3,8 @@
 One SuperLink host (with its ServerApp SuperExec and the diffusion service)
 and three SuperNode hosts, each in its own network namespace on a bridge,
 plus one more host whose key was never registered. ``flwr run`` must end
-``finished:completed`` although one SuperNode is killed mid-round, the
+``finished:completed`` although one SuperNode is killed mid-round and the
+server host's ServerApp is killed after round 2 and resumed; the
 unregistered node must be refused, and nothing may be left behind.
 
 Runs as root only (``ip netns``); skipped otherwise. Select it with
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from common.io import read_jsonl
 from deploy.local_sim import COMPLETED
 from deploy.multihost import NODES, SMALL_RUN
 from deploy.multihost_run import run_multihost
@@ -33,7 +35,12 @@ def deployment(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("multihost")
-    overrides = {**SMALL_RUN, "method": "semanticfl", "public-split-size": 300}
+    overrides = {
+        **SMALL_RUN,
+        "method": "semanticfl",
+        "public-split-size": 300,
+        "num-server-rounds": 3,
+    }
     result = run_multihost(
         APP_DIR,
         overrides,
@@ -44,6 +51,7 @@ def deployment(tmp_path_factory):
         rogue=True,
         guidance_service=True,
         isolation="process",
+        kill_server_after=2,
         stream=False,
         timeout=900,
     )
@@ -68,10 +76,20 @@ def test_losing_a_supernode_mid_round_does_not_stop_the_run(deployment):
     assert deployment.killed_node == 1 and deployment.killed_at is not None
     # Round 1: three nodes were sent work, the killed one answered with an
     # error (Flower: no heartbeat), two trained; round 2 sampled the two left.
-    assert deployment.train_clients == {1: NODES - 1, 2: NODES - 1}
+    assert deployment.train_clients == {r: NODES - 1 for r in (1, 2, 3)}
     assert deployment.failures_logged >= 1
     assert "Node Unavailable" in deployment.output
     assert "configure_train: Sampled 2 nodes (out of 2)" in deployment.output
+
+
+def test_a_killed_serverapp_resumes_with_the_supernodes_connected(deployment):
+    assert deployment.server_killed_after == 2
+    assert deployment.interrupted_status != COMPLETED
+    assert None not in (deployment.interrupted_run_id, deployment.resumed_run_id)
+    assert deployment.resumed_run_id != deployment.interrupted_run_id  # a new run
+    assert "Resuming after round 2 of 3" in deployment.output
+    rows = read_jsonl(Path(deployment.run_dir) / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]  # none twice, none missing
 
 
 def test_nothing_is_left_behind(deployment):
