@@ -60,9 +60,13 @@ SMALL_RUN: dict[str, Any] = {
 }
 
 
-def checks(result: MultihostResult, kill_node: int | None) -> list[str]:
+def checks(
+    result: MultihostResult, kill_node: int | None, kill_server_after: int | None = None
+) -> list[str]:
     """What went wrong, as sentences; empty when everything held."""
     bad = []
+    if kill_server_after is not None and result.server_killed_after is None:
+        bad.append(f"the ServerApp was not killed after round {kill_server_after}")
     if result.status != COMPLETED:
         bad.append(f"run status is {result.status!r}, not {COMPLETED!r}")
     if result.rogue_rc is not None and not result.rogue_refused:
@@ -93,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         help="partition whose SuperNode is killed mid-run (-1: none; default 1)",
     )
     ap.add_argument("--kill-round", type=int, default=1, help="round to kill in")
+    ap.add_argument(
+        "--kill-server-after",
+        type=int,
+        default=None,
+        metavar="K",
+        help="SIGKILL the ServerApp once round K's checkpoint is written, then "
+        "resume the run with the SuperNodes still connected",
+    )
     ap.add_argument(
         "--no-rogue", action="store_true", help="skip the unregistered-node check"
     )
@@ -140,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
             rogue=not args.no_rogue,
             guidance_service=args.guidance_service,
             isolation=args.isolation,
+            kill_server_after=args.kill_server_after,
             stream=not args.quiet,
         )
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.summary(), indent=2))
-    bad = checks(result, kill)
+    bad = checks(result, kill, args.kill_server_after)
     for line in bad:
         print(f"FAILED: {line}", file=sys.stderr)
     return 1 if bad else 0

@@ -6,6 +6,7 @@ clients sampled per round (Flower's seeded sampling over partition-ordered
 nodes).
 """
 
+import json
 import os
 import signal
 import threading
@@ -142,6 +143,9 @@ def test_a_run_killed_after_round_3_resumes_to_the_same_end(uninterrupted, tmp_p
     print(f"\nkilled after round {killed_after}; resumed; final round:")
     print(f"  uninterrupted {whole[-1][1]!r} {whole[-1][2]!r}")
     print(f"  resumed       {after[-1][1]!r} {after[-1][2]!r}")
+    cost = json.loads((run_dir / "summary.json").read_text())["checkpoint"]
+    assert cost["bytes"] > 0 and 0 < cost["share-of-round-time"] < 1
+    print(f"  checkpoint {cost['bytes']} bytes, {cost['share-of-round-time']:.2%} of a round")
     assert sorted(p.name for p in (run_dir / CHECKPOINT_DIR).iterdir()) == [
         "round-0005.safetensors",
         "round-0006.safetensors",
