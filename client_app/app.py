@@ -33,7 +33,7 @@ from common.federation import (
     make_model,
     resolve_device,
 )
-from common.seeding import client_round_seed
+from common.seeding import client_round_seed, deterministic_torch
 
 
 def tag_partition(
@@ -101,6 +101,7 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     run_cfg = RunConfig.from_run_config(context.run_config)
+    deterministic_torch()  # bit-identical reruns (docs/crash-safety.md)
     if run_cfg.method_info.model == "diffusion-unet":  # FedDDPM: a U-Net
         return diffusion_train(msg, context, run_cfg)
     cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)
