@@ -129,7 +129,6 @@ def ordered_grid(grid: Grid, cfg: RunConfig) -> OrderedGrid:
     ordered = OrderedGrid(grid)
     fed = cfg.federation
     if fed.fraction_train < 1.0 or 0.0 < fed.fraction_evaluate < 1.0:
-        ordered.learn_partitions(
-            fed.min_available_clients
-        )  # a sample of nodes: draw it from a fixed order
+        # Rounds sample some nodes: list them in a fixed order to draw from.
+        ordered.learn_partitions(fed.min_available_clients)
     return ordered
