@@ -82,6 +82,7 @@ class Profile:
     hardware: str = "2 CPU cores"
     notes: tuple[str, ...] = field(default_factory=tuple)
     last_k: int = 6  # the primary statistic: mean accuracy of the last K rounds
+    client_gpus: float = 0.0  # GPU share Ray reserves per ClientApp (CUDA profiles)
 
     def validate(self) -> None:
         """Raise :class:`ProfileError` naming the first problem."""
@@ -103,6 +104,14 @@ class Profile:
             raise ProfileError(f"profile {self.name!r}: seeds must be distinct, >= 1")
         if self.rounds < 1:
             raise ProfileError(f"profile {self.name!r}: rounds must be >= 1")
+        cuda = str(self.config.get("device", "cpu")).startswith("cuda")
+        if cuda != (self.client_gpus > 0) or self.client_gpus < 0:
+            raise ProfileError(
+                f"profile {self.name!r}: client_gpus = {self.client_gpus} with device "
+                f"{self.config.get('device', 'cpu')!r}; a CUDA profile needs a GPU "
+                "share per client (Ray hides the GPU from a client with none), a "
+                "CPU profile none"
+            )
         if self.last_k < 2 or self.last_k % 2 or self.last_k > self.rounds:
             raise ProfileError(
                 f"profile {self.name!r}: last_k = {self.last_k} is invalid; expected "

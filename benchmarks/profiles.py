@@ -148,6 +148,9 @@ PROFILES: dict[str, Profile] = {
         ),
         requires=("guidance-model", "data-root"),
         hardware="one CUDA GPU",
+        # Five ClientApps train per round (fraction 0.5 of 10): 0.2 each lets
+        # all five share the GPU at once.
+        client_gpus=0.2,
     ),
     "reduced": Profile(
         name="reduced",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -65,10 +66,12 @@ from common.io import atomic_write_json, atomic_write_text
 from deploy.local_sim import run_simulation
 
 
-def sampled_runner(app_dir, overrides, stream=False):
+def sampled_runner(app_dir, overrides, stream=False, gpus_per_client=None):
     """``run_simulation`` with the peak memory of its processes saved in the run folder."""
     with TreeMemory() as mem:
-        result = run_simulation(app_dir, overrides, stream=stream)
+        result = run_simulation(
+            app_dir, overrides, stream=stream, gpus_per_client=gpus_per_client
+        )
     if result.ok:
         atomic_write_json(
             result.run_dir / "peak-memory.json",
@@ -320,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         **given,
         "feature-store": str(APP_DIR / "outputs" / "feature-store"),
     }
+    # --device cpu on a CUDA profile: no GPU share (Ray would wait for a GPU).
+    gpus = (
+        profile.client_gpus
+        if str(base.get("device", "cpu")).startswith("cuda")
+        else 0.0
+    )
     cells = len(profile.methods) * len(profile.scenarios) * len(profile.seeds)
     print(
         f"profile {profile.name}: {profile.description}\n"
@@ -352,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = run_matrix(
         list(profile.methods), list(profile.scenarios), list(profile.seeds), base,
-        profile.rounds, runs_dir, splits=SPLITS, runner=sampled_runner,
+        profile.rounds, runs_dir, splits=SPLITS,
+        runner=functools.partial(sampled_runner, gpus_per_client=gpus),
         estimate=profile.estimate, last_k=profile.last_k,
     )  # fmt: skip
     matrix_wall = time.perf_counter() - t0

@@ -131,6 +131,7 @@ def train(msg: Message, context: Context) -> Message:
         augment=cfg.data.augment,
         device=device,
         seed=client_round_seed(cfg.seed, partition_id, server_round),
+        bf16=cfg.runtime.autocast == "bf16",
     )
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if settings.moon_mu is not None:

@@ -214,12 +214,15 @@ def train(
     augment: bool = False,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``settings.epochs`` epochs; return mean metrics.
 
     ``model`` arrives holding the global weights of this round. For MOON,
     ``prev_model`` is this client's model from its previous round (the global
     model on a client's first round, which makes the term a constant log 2).
+    ``bf16``: the forward pass and losses under bfloat16 autocast (mixed
+    precision; weights, gradients and the optimiser stay float32).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -265,37 +268,38 @@ def train(
             y = labels[idx].to(device) if labelled else None
 
             # forward: cross-entropy plus whichever method terms are on
-            out = model(x)
-            if not labelled:
-                ce = out.logits.new_zeros(())
-            elif settings.balanced_ce:
-                if counts is None:  # the prior its balanced CE removes
-                    counts = torch.bincount(labels, minlength=out.logits.shape[1])
-                ce = balanced_softmax_ce(out.logits, y, counts)
-            else:
-                ce = F.cross_entropy(out.logits, y)
-            loss = ce
-            if global_params is not None:
-                prox = proximal_term(
-                    model.parameters(), global_params, settings.proximal_mu
-                )
-                loss = loss + prox
-                sums["prox"] += prox.item() * len(idx)
-            if global_model is not None:
-                with torch.no_grad():
-                    z_global = global_model(x).embedding
-                    z_prev = prev_model(x).embedding
-                con = moon_contrastive(
-                    out.embedding, z_global, z_prev, settings.moon_tau
-                )
-                loss = loss + settings.moon_mu * con
-                sums["moon"] += con.item() * len(idx)
-            # The guided terms see z through the model's projector, if it has one.
-            z_guided = head(out.embedding) if head is not None else out.embedding
-            terms = _guided_terms(z_guided, idx, y, settings, guidance, generator)
-            for name, (weight, value) in terms.items():
-                loss = loss + weight * value
-                sums[name] += value.item() * len(idx)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = model(x)
+                if not labelled:
+                    ce = out.logits.new_zeros(())
+                elif settings.balanced_ce:
+                    if counts is None:  # the prior its balanced CE removes
+                        counts = torch.bincount(labels, minlength=out.logits.shape[1])
+                    ce = balanced_softmax_ce(out.logits, y, counts)
+                else:
+                    ce = F.cross_entropy(out.logits, y)
+                loss = ce
+                if global_params is not None:
+                    prox = proximal_term(
+                        model.parameters(), global_params, settings.proximal_mu
+                    )
+                    loss = loss + prox
+                    sums["prox"] += prox.item() * len(idx)
+                if global_model is not None:
+                    with torch.no_grad():
+                        z_global = global_model(x).embedding
+                        z_prev = prev_model(x).embedding
+                    con = moon_contrastive(
+                        out.embedding, z_global, z_prev, settings.moon_tau
+                    )
+                    loss = loss + settings.moon_mu * con
+                    sums["moon"] += con.item() * len(idx)
+                # The guided terms see z through the model's projector, if it has one.
+                z_guided = head(out.embedding) if head is not None else out.embedding
+                terms = _guided_terms(z_guided, idx, y, settings, guidance, generator)
+                for name, (weight, value) in terms.items():
+                    loss = loss + weight * value
+                    sums[name] += value.item() * len(idx)
 
             # backward and step
             optimizer.zero_grad(set_to_none=True)
@@ -322,6 +326,9 @@ def train(
         keys.TRAIN_ACCURACY: sums["correct"] / seen,
         keys.TRAIN_SECONDS: time.perf_counter() - t0,
         keys.TRAIN_STEPS: float(steps),
+        # The share of clients that trained on a GPU, once aggregated: a
+        # CUDA run checks it is 1 (server_app.reporting).
+        keys.TRAIN_CUDA: float(device.type == "cuda"),
     }
 
 

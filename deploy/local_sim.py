@@ -90,6 +90,50 @@ def to_toml_overrides(values: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+DEFAULT_GPU_SHARE = 0.25
+"""GPUs Ray reserves per ClientApp when ``device`` is CUDA: four share one."""
+
+
+def federation_config(
+    cfg: RunConfig, nodes: int, cpus_per_client: int, gpus_per_client: float | None
+) -> str:
+    """Flower's ``--federation-config`` for a simulation of ``cfg``.
+
+    Ray hides every GPU from an actor that reserved none (it sets
+    ``CUDA_VISIBLE_DEVICES`` to nothing), so a CUDA run must give each
+    ClientApp a GPU share; ``None`` takes :data:`DEFAULT_GPU_SHARE` for CUDA
+    and 0 for CPU.
+    """
+    cuda = cfg.runtime.device.startswith("cuda")
+    gpus = (
+        (DEFAULT_GPU_SHARE if cuda else 0.0)
+        if gpus_per_client is None
+        else gpus_per_client
+    )
+    if cpus_per_client < 1:
+        raise ValueError(f"cpus per client must be >= 1, got {cpus_per_client}")
+    if gpus < 0:
+        raise ValueError(f"GPUs per client must be >= 0, got {gpus}")
+    if cuda and gpus == 0:
+        raise ValueError(
+            f"device={cfg.runtime.device!r} but each ClientApp reserves 0 GPUs: Ray "
+            "would hide the GPU from every client. Give a share, e.g. "
+            f"--gpus-per-client {DEFAULT_GPU_SHARE} (four ClientApps per GPU)"
+        )
+    if gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"each ClientApp would reserve {gpus:g} GPUs but this machine has no "
+                "CUDA device: Ray would wait for one forever; use --gpus-per-client 0"
+            )
+    parts = [f"num-supernodes={nodes}", f"client-resources-num-cpus={cpus_per_client}"]
+    if gpus > 0:
+        parts.append(f"client-resources-num-gpus={gpus:g}")
+    return " ".join(parts)
+
+
 def resolve_config(app_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     """Validate defaults + overrides exactly as the apps will (fails fast)."""
     return RunConfig.from_run_config({**app_defaults(app_dir), **overrides})
@@ -214,6 +258,7 @@ def run_simulation(
     *,
     num_supernodes: int | None = None,
     cpus_per_client: int = 1,
+    gpus_per_client: float | None = None,
     stream: bool = True,
     timeout: float = 6 * 3600,
 ) -> SimulationResult:
@@ -228,6 +273,7 @@ def run_simulation(
     preflight(cfg)
     run_dir = Path(cfg.runtime.output_dir) / cfg.runtime.run_name
     nodes = num_supernodes or cfg.federation.num_clients
+    federation = federation_config(cfg, nodes, cpus_per_client, gpus_per_client)
     if cfg.runtime.tensorboard:
         print(
             f"follow the run: tensorboard --logdir {run_dir / 'tensorboard'}",
@@ -280,7 +326,7 @@ def run_simulation(
             "--run-config",
             to_toml_overrides(overrides),
             "--federation-config",
-            f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_client}",
+            federation,
         ]
         with subprocess.Popen(
             cmd,
@@ -348,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         help="CPUs Ray reserves per ClientApp (default 1)",
     )
     parser.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=None,
+        help=f"GPU share Ray reserves per ClientApp (default {DEFAULT_GPU_SHARE} when "
+        "device is CUDA, else 0; fractional: 0.25 = four ClientApps per GPU)",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="do not stream the run's log"
     )
     parser.add_argument(
@@ -367,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides,
             num_supernodes=args.num_supernodes,
             cpus_per_client=args.cpus_per_client,
+            gpus_per_client=args.gpus_per_client,
             stream=not args.quiet,
         )
     except (

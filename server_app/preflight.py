@@ -15,6 +15,8 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
+import torch
+
 from common.config import ConfigError, RunConfig
 from common.datasets import DatasetNotFoundError
 from common.federation import data_split
@@ -50,6 +52,13 @@ def preflight(cfg: RunConfig) -> None:
         ) from None
     if uses_guidance_model(cfg):
         check_guidance_model(cfg.guidance.model)
+    device = cfg.runtime.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PreflightError(
+            f"run-config 'device' = {device!r} but torch sees no CUDA device on this "
+            f"machine (torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+            "run on a GPU machine or set device = 'cpu'"
+        )
     writable("output-dir", Path(cfg.runtime.output_dir))
     if cfg.method_info.guided:
         writable("feature-store", store_root(cfg))

@@ -233,6 +233,18 @@ class RunRecorder:
                 "(every reply was an error or a malformed update; the reasons are "
                 "logged above)"
             )
+        on_gpu = self._pending_train.get(keys.TRAIN_CUDA)
+        if (
+            self.cfg.runtime.device.startswith("cuda")
+            and on_gpu is not None
+            and on_gpu < 1
+        ):
+            raise RuntimeError(
+                f"round {server_round}: device={self.cfg.runtime.device!r} but only "
+                f"{on_gpu:.0%} of the training examples were trained on a GPU; the "
+                "other clients ran on CPU (give each ClientApp a GPU share: "
+                "client-resources-num-gpus, the launcher's --gpus-per-client)"
+            )
 
     def record_round(
         self, server_round: int, result: EvalResult, eval_seconds: float

@@ -145,7 +145,9 @@ def test_a_run_killed_after_round_3_resumes_to_the_same_end(uninterrupted, tmp_p
     print(f"  resumed       {after[-1][1]!r} {after[-1][2]!r}")
     cost = json.loads((run_dir / "summary.json").read_text())["checkpoint"]
     assert cost["bytes"] > 0 and 0 < cost["share-of-round-time"] < 1
-    print(f"  checkpoint {cost['bytes']} bytes, {cost['share-of-round-time']:.2%} of a round")
+    print(
+        f"  checkpoint {cost['bytes']} bytes, {cost['share-of-round-time']:.2%} of a round"
+    )
     assert sorted(p.name for p in (run_dir / CHECKPOINT_DIR).iterdir()) == [
         "round-0005.safetensors",
         "round-0006.safetensors",

@@ -149,6 +149,9 @@ class RuntimeConfig:
     run_name: str = ""
     # Crash safety (server_app/checkpoint.py): a checkpoint after every round
     # always; also keep every N-th (0 = only the latest two).
+    # Mixed precision of client training: "bf16" autocasts the forward pass
+    # and losses (meant for a GPU; works but is slow on most CPUs).
+    autocast: str = "none"
     checkpoint_every: int = 0
     resume: str = ""  # a run folder to continue from its last complete round
     tensorboard: bool = False  # also write TensorBoard event files
@@ -167,6 +170,7 @@ class RuntimeConfig:
             "'cpu', 'cuda' or 'cuda:N'",
         )
         check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")
+        one_of("autocast", self.autocast, ("none", "bf16"))
         check(
             self.checkpoint_every >= 0,
             "checkpoint-every",
