@@ -142,6 +142,7 @@ METHODS: dict[str, Method] = {
             "fedetf",
             "fedetf:FedETF",
             "FedETF: fixed simplex-ETF classifier, balanced CE (the anchors' control)",
+            section="baselines",
             classifier="etf",
         ),
         _entry(

@@ -76,3 +76,33 @@ def test_fedetf_switches_the_clients_to_the_balanced_loss(defaults, task_identit
         )
     )
     assert message.content[keys.CONFIG][keys.BALANCED_CE] is True
+
+
+def test_fedetf_with_plain_ce_sends_no_balanced_loss(defaults, task_identity):
+    """etf-loss = "ce": the one-class clients of the extreme split still train."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from common import keys
+    from tests.test_strategies import FakeGrid, build
+
+    strategy = build("fedetf", defaults, {"etf-loss": "ce"})
+    message = next(
+        iter(
+            strategy.configure_train(
+                1, ArrayRecord({}), ConfigRecord({}), FakeGrid([1, 2])
+            )
+        )
+    )
+    assert keys.BALANCED_CE not in message.content[keys.CONFIG]
+
+
+def test_a_one_class_client_has_zero_balanced_loss_but_not_zero_ce():
+    """Why etf-loss = "ce" exists: the balanced softmax of a client that holds
+    only class 3 is exactly 0 whatever the logits."""
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    y = torch.full((8,), 3)
+    counts = torch.bincount(y, minlength=10)
+    assert balanced_softmax_ce(logits, y, counts).item() == 0.0
+    assert F.cross_entropy(logits, y).item() > 0.1

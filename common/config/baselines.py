@@ -30,6 +30,11 @@ class BaselineConfig:
     fedadam_beta_1: float = 0.9
     fedadam_beta_2: float = 0.99
     fedadam_tau: float = 1e-3
+    # FedETF's local loss: the paper's balanced softmax, or plain
+    # cross-entropy. Balanced softmax gives a one-class client exactly zero
+    # loss (its log prior makes its only class certain), so on the extreme
+    # split 9 of 10 clients do not train at all; "ce" is our variant.
+    etf_loss: str = "balanced"
 
     def validate(self) -> None:
         check(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "a float >= 0")
@@ -48,6 +53,12 @@ class BaselineConfig:
             "a float in [0, 1) (0 = FedAvg)",
         )
         check(self.fedadam_eta > 0, "fedadam-eta", self.fedadam_eta, "a float > 0")
+        check(
+            self.etf_loss in ("balanced", "ce"),
+            "etf-loss",
+            self.etf_loss,
+            "'balanced' (FedETF's balanced softmax) or 'ce' (plain cross-entropy)",
+        )
         check_all(
             self,
             ("fedadam-beta-1", "fedadam-beta-2"),

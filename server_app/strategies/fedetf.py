@@ -12,6 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import keys
+from common.config import BaselineConfig
 from server_app.strategies.update_guard import UpdateGuard
 
 
@@ -23,7 +24,9 @@ class FedETF(UpdateGuard, FedAvg):
     temperature, ``common.models.ETFClassifier``); the frame is identical on
     every side and never aggregated, the projector and temperature are
     averaged like every other weight. This strategy switches the clients'
-    cross-entropy to the balanced softmax of the paper (``balanced-ce``).
+    cross-entropy to the balanced softmax of the paper (``balanced-ce``), or
+    keeps plain cross-entropy with ``etf-loss = "ce"`` (ours: the balanced
+    softmax gives a one-class client zero loss).
     The paper's local personalisation phase is not run: this project scores
     the global model.
 
@@ -31,19 +34,25 @@ class FedETF(UpdateGuard, FedAvg):
     targets: a fixed, well-separated classifier without any diffusion model.
     """
 
+    def __init__(self, *, balanced: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.balanced = balanced
+
     @classmethod
-    def from_config(cls, section: None, **kwargs: Any) -> FedETF:
-        """Build for the registry (no settings of its own); ``kwargs`` are Flower's."""
-        return cls(**kwargs)
+    def from_config(cls, section: BaselineConfig, **kwargs: Any) -> FedETF:
+        """Build from the baselines section (``etf-loss``); ``kwargs`` are Flower's."""
+        return cls(balanced=section.etf_loss == "balanced", **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask for the balanced softmax, then sample and build as FedAvg."""
-        config[keys.BALANCED_CE] = True
+        """Ask for the balanced softmax (if on), then sample and build as FedAvg."""
+        if self.balanced:
+            config[keys.BALANCED_CE] = True
         return super().configure_train(server_round, arrays, config, grid)
 
     def summary(self) -> None:
         """Log FedETF's settings, then FedAvg's."""
-        log(INFO, "\t├──> FedETF: fixed simplex-ETF classifier, balanced softmax CE")
+        loss = "balanced softmax CE" if self.balanced else "plain CE (etf-loss = ce)"
+        log(INFO, "\t├──> FedETF: fixed simplex-ETF classifier, %s", loss)
         super().summary()
