@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.diffusion_training import diffusion_train
-from client_app.guidance import guidance_for
+from client_app.guidance import classifier_frame, guidance_for
 from client_app.latents import answer_query, opted_in, with_uploaded_features
 from client_app.training import LocalSettings
 from client_app.training import train as train_fn
@@ -86,6 +86,8 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
     images, labels = client_tensors(cfg, partition_id, part)
     model = make_model(cfg)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    if cfg.classifier == "anchors":  # the frame the server computed and sent
+        model.classifier.set_frame(classifier_frame(msg))
     return NodeSetup(
         cfg,
         partition_id,

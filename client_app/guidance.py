@@ -144,6 +144,17 @@ def anchors_from_message(msg: Message) -> tuple[Tensor, Tensor]:
     )
 
 
+def classifier_frame(msg: Message) -> Tensor:
+    """The anchor classifier's (C, C) frame from a train or evaluate Message."""
+    record = msg.content.array_records.get(keys.GUIDANCE)
+    if record is None or keys.CLASSIFIER_FRAME not in record:
+        raise KeyError(
+            "anchor-classifier is on but the Message carries no "
+            f"'{keys.CLASSIFIER_FRAME}' in its '{keys.GUIDANCE}' record"
+        )
+    return torch.from_numpy(record[keys.CLASSIFIER_FRAME].numpy().astype(np.float32))
+
+
 def uploaded_features(
     record: ArrayRecord, indices: np.ndarray, labels: Tensor, settings: LocalSettings
 ) -> Guidance:

@@ -17,7 +17,12 @@ from torch import Tensor, nn
 from common import keys, seeding
 from common.config import RunConfig
 from common.datasets import DatasetSpec, get_spec, load_dataset, to_float
-from common.models import attach_etf_classifier, attach_guidance_head, build_model
+from common.models import (
+    attach_anchor_classifier,
+    attach_etf_classifier,
+    attach_guidance_head,
+    build_model,
+)
 from common.partition import DataSplit, Partitioning, split_dataset
 
 
@@ -122,9 +127,11 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
     )
     if cfg.method_info.guided:  # a projector the guided terms see (optional)
         attach_guidance_head(model, cfg.guidance.head)
-    if cfg.method_info.classifier == "etf":  # the same frame on every side
+    if cfg.classifier == "etf":  # the same frame on every side
         seed = seeding.mix_seed(cfg.seed, seeding.ETF_FRAME)
         attach_etf_classifier(model, spec.num_classes, seed)
+    elif cfg.classifier == "anchors":  # its frame comes with the guidance
+        attach_anchor_classifier(model, spec.num_classes)
     # NHWC convolutions: on a 2-core CPU a client's round of ResNet-10 (width
     # 16) trains 1.39x faster than NCHW (a FedAvg cell of 12 rounds: 126 s ->
     # 108 s), and it is the layout a GPU's tensor cores want. load_state_dict

@@ -45,6 +45,7 @@ CON_TAU = "con-tau"
 GUIDANCE = "guidance"
 TEXT_ANCHORS = "text-anchors"  # (C, d)
 VISUAL_ANCHORS = "visual-anchors"  # (C, d)
+CLASSIFIER_FRAME = "classifier-frame"  # (C, C) the anchor classifier's class vectors
 
 # Latent-upload query round (server_app/latent_query.py, client_app/latents.py)
 QUERY = "query"  # what a query Message asks for

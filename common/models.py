@@ -158,37 +158,77 @@ def simplex_etf(num_classes: int, dim: int, generator: torch.Generator) -> Tenso
     return (math.sqrt(c / (c - 1)) * p @ centre).float()
 
 
-class ETFClassifier(nn.Module):
-    """FedETF's classifier: a learnable projector onto a fixed simplex ETF.
+class FixedFrameClassifier(nn.Module):
+    """A learnable projector onto a fixed frame of unit class vectors.
 
-    ``logits = scale * normalise(W z + b) . M`` (Li et al., ICCV 2023,
-    https://arxiv.org/abs/2303.10058, as their code does it): the projector
-    ``W`` maps the embedding to ``C`` dimensions, ``M`` (C x C) is the frame,
-    and ``scale`` is a learnable temperature starting at 1. ``M`` is built
-    from a seed, identical on every client and the server, and is a
-    non-persistent buffer: it is never sent, never aggregated, never trained.
+    ``logits = scale * normalise(W z + b) . M`` (FedETF's form, Li et al.,
+    ICCV 2023, https://arxiv.org/abs/2303.10058, as their code does it): the
+    projector ``W`` maps the embedding to ``C`` dimensions, ``M`` (C x C) holds
+    one unit class vector per column, and ``scale`` is a learnable
+    temperature starting at 1. ``M`` is a non-persistent buffer: never sent
+    with the weights, never aggregated, never trained. It is given at
+    construction or later with :meth:`set_frame` (the anchor classifier's
+    frame arrives with the server's guidance).
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, seed: int) -> None:
+    def __init__(
+        self, embedding_dim: int, num_classes: int, frame: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.project = nn.Linear(embedding_dim, num_classes)
         self.scale = nn.Parameter(torch.tensor(1.0))
-        frame = simplex_etf(
-            num_classes, num_classes, torch.Generator().manual_seed(seed)
+        self.register_buffer(
+            "frame", torch.zeros(num_classes, num_classes), persistent=False
         )
-        self.register_buffer("frame", frame, persistent=False)
+        self.frame_set = False
+        if frame is not None:
+            self.set_frame(frame.T)
+
+    def set_frame(self, class_vectors: Tensor) -> None:
+        """Fix the frame: ``class_vectors`` (C, C), one class per row."""
+        if class_vectors.shape != self.frame.shape:
+            raise ValueError(
+                f"a frame of {tuple(self.frame.shape)} class vectors is needed, got "
+                f"{tuple(class_vectors.shape)}"
+            )
+        self.frame.copy_(F.normalize(class_vectors.to(self.frame), dim=1).T)
+        self.frame_set = True
 
     def forward(self, z: Tensor) -> Tensor:
+        if not self.frame_set:
+            raise RuntimeError(
+                "the fixed classifier's frame was never set (the anchor classifier "
+                "gets it with the server's guidance)"
+            )
         return self.scale * F.normalize(self.project(z), dim=1) @ self.frame
 
 
-# name -> the classifier a method's model ends in ("linear": the model's own).
-CLASSIFIERS = ("linear", "etf")
+class ETFClassifier(FixedFrameClassifier):
+    """FedETF's classifier: the frame is a simplex ETF built from ``seed``,
+    identical on every client and the server."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, seed: int) -> None:
+        frame = simplex_etf(
+            num_classes, num_classes, torch.Generator().manual_seed(seed)
+        )
+        super().__init__(embedding_dim, num_classes, frame)
+
+
+# name -> the classifier a method's model ends in ("linear": the model's own;
+# "anchors": a fixed frame from the class anchors, set from the guidance).
+CLASSIFIERS = ("linear", "etf", "anchors")
 
 
 def attach_etf_classifier(model: nn.Module, num_classes: int, seed: int) -> nn.Module:
     """Replace ``model.classifier`` by an :class:`ETFClassifier`; returns ``model``."""
     model.classifier = ETFClassifier(model.embedding_dim, num_classes, seed)
+    return model
+
+
+def attach_anchor_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace ``model.classifier`` by a :class:`FixedFrameClassifier` whose
+    frame (``common.anchors.anchor_frame``) is set before use; returns ``model``."""
+    model.classifier = FixedFrameClassifier(model.embedding_dim, num_classes)
     return model
 
 

@@ -63,6 +63,8 @@ def main(grid: Grid, context: Context) -> None:
     guidance, guidance_record = guidance_kwargs(cfg, split, grid)
     if guidance_record:
         atomic_write_json(recorder.dir / "guidance.json", guidance_record)
+    if cfg.classifier == "anchors":  # the frame the clients get too
+        model.classifier.set_frame(torch.from_numpy(guidance["frame"]))
     # Self-supervised runs train no classifier: a linear probe fitted on the
     # server's public split scores the global encoder instead.
     probe = (

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
+from common.anchors import anchor_frame
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import make_model
@@ -317,6 +319,19 @@ def guidance_kwargs(
     if prepares == "class-anchors":
         anchors, info = prepare_semanticfl(cfg, split)
         kwargs: dict[str, Any] = {"anchors": anchors}
+        if cfg.classifier == "anchors":  # computed here once, sent to every client
+            sl = cfg.semanticfl
+            kwargs["frame"] = anchor_frame(
+                torch.from_numpy(anchors["text"]),
+                torch.from_numpy(anchors["visual"]),
+                sl.anchor_classifier,
+                sl.anchor_etf_mix,
+            ).numpy()
+            info = {
+                **info,
+                "anchor-classifier": sl.anchor_classifier,
+                "anchor-etf-mix": sl.anchor_etf_mix,
+            }
     elif cfg.feddifrc.features == "latent-upload":
         if grid is None:
             raise ValueError("the latent-upload query round needs the Grid")

@@ -33,6 +33,18 @@ TINY_RUN = {
     [
         ("feddifrc", {"tdcl-negatives": 3}, ("train-tdcl", "train-ndcr")),
         ("semanticfl", {}, ("train-kd", "train-con")),
+        # ours: the anchors as a fixed classifier; clients also evaluate, so
+        # the frame travels in evaluate Messages too
+        (
+            "semanticfl",
+            {
+                "anchor-classifier": "visual",
+                "anchor-etf-mix": 0.5,
+                "fraction-evaluate": 1.0,
+                "validation-fraction": 0.2,
+            },
+            ("train-kd", "train-con"),
+        ),
         # self-supervised: no CE on the clients, a linear probe on the server
         ("feddifrc", {"self-supervised": True}, ("train-tdcl", "train-ndcr")),
         # deployment's path: a query round collects VAE latents, features ride
@@ -43,7 +55,13 @@ TINY_RUN = {
             ("train-tdcl", "train-ndcr"),
         ),
     ],
-    ids=["feddifrc", "semanticfl", "feddifrc-self-supervised", "feddifrc-latent-upload"],
+    ids=[
+        "feddifrc",
+        "semanticfl",
+        "semanticfl-anchor-classifier",
+        "feddifrc-self-supervised",
+        "feddifrc-latent-upload",
+    ],
 )
 def test_guided_federation_completes(
     method, extra, term_metrics, tiny_sd_dir, tmp_path
@@ -73,6 +91,9 @@ def test_guided_federation_completes(
     record = json.loads((result.run_dir / "guidance.json").read_text())
     assert record["method"] == method and record["seconds"] > 0
     assert (tmp_path / "feature-store").is_dir()
+    if "anchor-classifier" in extra:
+        assert record["anchor-classifier"] == "visual"
+        assert 0.0 <= rows[-1]["validation"]["eval-accuracy"] <= 1.0
     if extra.get("feddifrc-features") == "latent-upload":
         query = record["latent-upload"]
         assert query["asked"] == 3 and len(query["shared"]) == 3, query

@@ -140,6 +140,18 @@ class RunConfig:
         return RunConfig.from_run_config({**self.to_run_config(), **overrides})
 
     @property
+    def classifier(self) -> str:
+        """What the client model ends in: ``linear``, ``etf`` or ``anchors``."""
+        if self.method_info.classifier == "etf":
+            return "etf"
+        if (
+            self.method_info.prepares == "class-anchors"
+            and self.semanticfl.anchor_classifier != "none"
+        ):
+            return "anchors"
+        return "linear"
+
+    @property
     def method_info(self) -> Method:
         """The registry entry of ``method`` (``common.methods``)."""
         return get_method(self.method)

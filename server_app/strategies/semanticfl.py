@@ -36,6 +36,10 @@ class SemanticFL(UpdateGuard, FedAvg):
         Distillation weight (1.0, secondary source) and temperature T (ours).
     con_weight, con_tau : float
         Image-text contrastive weight (0.01) and temperature (0.05), unverified.
+    frame : ndarray, optional
+        The anchor classifier's (C, C) class vectors (``anchor-classifier``,
+        ours; ``common.anchors``), sent with every train and evaluate Message
+        so every client holds the same bits.
     **kwargs
         Flower ``FedAvg`` arguments.
     """
@@ -48,6 +52,7 @@ class SemanticFL(UpdateGuard, FedAvg):
         kd_temperature: float = 0.1,
         con_weight: float = 0.01,
         con_tau: float = 0.05,
+        frame: np.ndarray | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,6 +69,12 @@ class SemanticFL(UpdateGuard, FedAvg):
                 keys.VISUAL_ANCHORS: Array(np.ascontiguousarray(visual)),
             }
         )
+        self.frame = None
+        if frame is not None:
+            self.frame = ArrayRecord(
+                {keys.CLASSIFIER_FRAME: Array(np.ascontiguousarray(frame, np.float32))}
+            )
+            self.guidance[keys.CLASSIFIER_FRAME] = self.frame[keys.CLASSIFIER_FRAME]
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
         self.con_weight, self.con_tau = con_weight, con_tau
 
@@ -93,16 +104,27 @@ class SemanticFL(UpdateGuard, FedAvg):
             message.content[keys.GUIDANCE] = self.guidance
         return messages
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As FedAvg; with the anchor classifier, its frame goes along."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        if self.frame is not None:
+            for message in messages:
+                message.content[keys.GUIDANCE] = self.frame
+        return messages
+
     def summary(self) -> None:
         """Log SemanticFL's settings, then FedAvg's."""
         shape = self.guidance[keys.TEXT_ANCHORS].shape
         log(
             INFO,
-            "\t├──> SemanticFL: kd %s (T %s), con %s (tau %s), anchors %s",
+            "\t├──> SemanticFL: kd %s (T %s), con %s (tau %s), anchors %s%s",
             self.kd_weight,
             self.kd_temperature,
             self.con_weight,
             self.con_tau,
             shape,
+            ", anchor classifier" if self.frame is not None else "",
         )
         super().summary()
