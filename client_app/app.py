@@ -103,7 +103,7 @@ def _setup(msg: Message, context: Context, part: str = "train") -> NodeSetup:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     run_cfg = RunConfig.from_run_config(context.run_config)
-    deterministic_torch()  # bit-identical reruns (docs/crash-safety.md)
+    deterministic_torch(run_cfg.runtime.device)  # GPU: bit-identical reruns
     if run_cfg.method_info.model == "diffusion-unet":  # FedDDPM: a U-Net
         return diffusion_train(msg, context, run_cfg)
     cfg, partition_id, indices, device, images, labels, model = _setup(msg, context)

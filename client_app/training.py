@@ -25,6 +25,7 @@ from common.config import BaselineConfig, FedDifRCConfig, SemanticFLConfig
 from common.losses import (
     anchor_distillation,
     balanced_softmax_ce,
+    class_distillation,
     image_text_infonce,
     moon_contrastive,
     ndcr,
@@ -89,6 +90,7 @@ class LocalSettings:
     # SemanticFL
     kd_weight: float | None = None
     kd_temperature: float = SemanticFLConfig.kd_temperature
+    kd_form: str = SemanticFLConfig.kd_form
     con_weight: float | None = None
     con_tau: float = SemanticFLConfig.con_tau
 
@@ -141,7 +143,9 @@ class LocalSettings:
             and bool(config[keys.SELF_SUPERVISED]),
             feature_store=_opt(config, keys.FEATURE_STORE, str),
             feature_source=_opt(config, keys.FEATURE_SOURCE, str),
-            **_term(config, keys.KD_WEIGHT, {keys.KD_TEMPERATURE: float}),
+            **_term(
+                config, keys.KD_WEIGHT, {keys.KD_TEMPERATURE: float, keys.KD_FORM: str}
+            ),
             **_term(config, keys.CON_WEIGHT, {keys.CON_TAU: float}),
         )
 
@@ -361,11 +365,12 @@ def _guided_terms(
         value = ndcr(z, g.f_noise[idx].to(dev), settings.ndcr_mode, settings.ndcr_tau)
         terms["ndcr"] = (settings.ndcr_weight, value)
     if settings.kd_weight is not None:
-        v_y = g.visual_anchors.to(dev)[y]
-        terms["kd"] = (
-            settings.kd_weight,
-            anchor_distillation(z, v_y, settings.kd_temperature),
-        )
+        visual = g.visual_anchors.to(dev)
+        if settings.kd_form == "classes":
+            value = class_distillation(z, visual, y, settings.kd_temperature)
+        else:  # "coordinates": the earlier reading
+            value = anchor_distillation(z, visual[y], settings.kd_temperature)
+        terms["kd"] = (settings.kd_weight, value)
     if settings.con_weight is not None:
         value = image_text_infonce(z, g.text_anchors.to(dev), y, settings.con_tau)
         terms["con"] = (settings.con_weight, value)

@@ -38,6 +38,7 @@ INSTANCE_FEATURES = "instance-features"  # ArrayRecord: a node's own feature row
 # SemanticFL
 KD_WEIGHT = "kd-weight"
 KD_TEMPERATURE = "kd-temperature"
+KD_FORM = "kd-form"  # "coordinates" (the earlier reading) | "classes"
 CON_WEIGHT = "con-weight"
 CON_TAU = "con-tau"
 

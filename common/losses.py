@@ -111,6 +111,27 @@ def anchor_distillation(z: Tensor, visual_anchor: Tensor, temperature: float) ->
     return F.kl_div(log_p_client, p_anchor, reduction="batchmean")
 
 
+def class_distillation(
+    h: Tensor, anchors: Tensor, labels: Tensor, temperature: float
+) -> Tensor:
+    """SemanticFL's distillation read over classes (``kd-form = "classes"``, ours).
+
+    ``KL(q_y || p(h))`` between two distributions over the C classes: the
+    student's ``p(h) = softmax_c(cos(h, A_c) / T)`` (its similarities to every
+    class anchor) and the teacher's ``q_y = softmax_c(cos(A_y, A_c) / T)``
+    (its label's anchor against every anchor: a soft label that keeps the
+    diffusion model's class similarities). ``anchors`` (C, d) are constants
+    (detached); ``h`` (B, d) lives in the anchors' space. The loss is 0
+    exactly when ``h`` points along ``A_y``. The earlier reading,
+    :func:`anchor_distillation`, is a softmax over the d feature coordinates,
+    whose minimisers for different classes are barely apart.
+    """
+    unit = F.normalize(anchors.detach(), dim=-1)
+    log_p = F.log_softmax(F.normalize(h, dim=-1) @ unit.T / temperature, dim=-1)
+    q = F.softmax((unit @ unit.T)[labels] / temperature, dim=-1)
+    return F.kl_div(log_p, q, reduction="batchmean")
+
+
 def image_text_infonce(
     z: Tensor, text_anchors: Tensor, labels: Tensor, tau: float
 ) -> Tensor:

@@ -127,7 +127,7 @@ def ordered_grid(grid: Grid, cfg: RunConfig) -> OrderedGrid:
     aggregation order, so runs are bit-identical on CPU and a resumed run
     equals an uninterrupted one.
     """
-    seeding.deterministic_torch()
+    seeding.deterministic_torch(cfg.runtime.device)
     ordered = OrderedGrid(grid)
     fed = cfg.federation
     if fed.fraction_train < 1.0 or 0.0 < fed.fraction_evaluate < 1.0:

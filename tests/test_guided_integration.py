@@ -33,13 +33,15 @@ TINY_RUN = {
     [
         ("feddifrc", {"tdcl-negatives": 3}, ("train-tdcl", "train-ndcr")),
         ("semanticfl", {}, ("train-kd", "train-con")),
-        # ours: the anchors as a fixed classifier; clients also evaluate, so
-        # the frame travels in evaluate Messages too
+        # ours: the anchors as a fixed classifier and the distillation over
+        # classes; clients also evaluate, so the frame travels in evaluate
+        # Messages too
         (
             "semanticfl",
             {
                 "anchor-classifier": "visual",
                 "anchor-etf-mix": 0.5,
+                "kd-form": "classes",
                 "fraction-evaluate": 1.0,
                 "validation-fraction": 0.2,
             },

@@ -237,6 +237,7 @@ def test_client_handler_reads_anchors_from_the_message(defaults, task_identity):
             keys.SERVER_ROUND: 1,
             keys.KD_WEIGHT: 1.0,
             keys.KD_TEMPERATURE: 0.1,
+            keys.KD_FORM: "coordinates",
             keys.CON_WEIGHT: 0.01,
             keys.CON_TAU: 0.05,
         }

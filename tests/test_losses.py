@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from common.losses import moon_contrastive, proximal_term
@@ -107,3 +108,26 @@ def test_image_text_infonce_hand_computed():
     expected = -math.log(math.exp(0) / denom)  # label 1: cos(z, T_1) = 0
     value = image_text_infonce(z, anchors, torch.tensor([1]), tau).item()
     assert math.isclose(value, expected, rel_tol=1e-5)
+
+
+def test_class_distillation_by_hand_and_zero_on_the_own_anchor():
+    """kd-form = "classes": KL(q_y || p(h)) over classes, hand-computed for C = 2."""
+    import math
+
+    from common.losses import class_distillation
+
+    anchors = torch.tensor([[1.0, 0.0], [0.6, 0.8]], requires_grad=True)  # cos 0.6
+    labels = torch.tensor([0])
+    t = 0.5
+    # On its own anchor the student's distribution is the teacher's: loss 0.
+    zero = class_distillation(anchors.detach()[labels], anchors, labels, t)
+    assert abs(zero.item()) < 1e-7
+    # h along the other anchor: p = softmax([0.6, 1] / t), q = softmax([1, 0.6] / t).
+    h = torch.tensor([[0.6, 0.8]], requires_grad=True)
+    loss = class_distillation(h, anchors, labels, t)
+    q = [1 / (1 + math.exp(-0.8)), 1 / (1 + math.exp(0.8))]
+    p = [1 / (1 + math.exp(0.8)), 1 / (1 + math.exp(-0.8))]
+    want = sum(qi * math.log(qi / pi) for qi, pi in zip(q, p, strict=True))
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    loss.backward()
+    assert h.grad is not None and anchors.grad is None  # the anchors stay constants

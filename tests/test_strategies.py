@@ -233,6 +233,7 @@ def test_semanticfl_attaches_anchors_to_every_message(defaults, task_identity):
             keys.SERVER_ROUND: 2,
             keys.KD_WEIGHT: 1.0,
             keys.KD_TEMPERATURE: 0.2,
+            keys.KD_FORM: "coordinates",
             keys.CON_WEIGHT: 0.01,
             keys.CON_TAU: 0.05,
         }

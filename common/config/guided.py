@@ -67,6 +67,10 @@ class SemanticFLConfig:
 
     kd_weight: float = 1.0
     kd_temperature: float = 0.1  # ours: the paper's T is unknown
+    # How the distillation is read (common/losses.py): a softmax over the
+    # feature coordinates (our earlier reading) or a KL between class
+    # distributions (ours, kd-form = "classes").
+    kd_form: str = "coordinates"
     con_weight: float = 0.01
     con_tau: float = 0.05
     # Ours (common/anchors.py): the class anchors as a fixed classifier frame
@@ -79,6 +83,7 @@ class SemanticFLConfig:
         _weights_and_temperatures(
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
+        one_of("kd-form", self.kd_form, ("coordinates", "classes"))
         one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
         check(
             0.0 <= self.anchor_etf_mix <= 1.0,

@@ -34,6 +34,10 @@ class SemanticFL(UpdateGuard, FedAvg):
         ``{"text": (C, d), "visual": (C, d)}`` float32 arrays.
     kd_weight, kd_temperature : float
         Distillation weight (1.0, secondary source) and temperature T (ours).
+    kd_form : str
+        ``coordinates`` (our earlier reading: a softmax over the feature
+        coordinates) or ``classes`` (a KL between class distributions, ours;
+        ``common.losses.class_distillation``).
     con_weight, con_tau : float
         Image-text contrastive weight (0.01) and temperature (0.05), unverified.
     frame : ndarray, optional
@@ -50,6 +54,7 @@ class SemanticFL(UpdateGuard, FedAvg):
         anchors: dict[str, np.ndarray],
         kd_weight: float = 1.0,
         kd_temperature: float = 0.1,
+        kd_form: str = "coordinates",
         con_weight: float = 0.01,
         con_tau: float = 0.05,
         frame: np.ndarray | None = None,
@@ -76,6 +81,7 @@ class SemanticFL(UpdateGuard, FedAvg):
             )
             self.guidance[keys.CLASSIFIER_FRAME] = self.frame[keys.CLASSIFIER_FRAME]
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
+        self.kd_form = kd_form
         self.con_weight, self.con_tau = con_weight, con_tau
 
     @classmethod
@@ -84,6 +90,7 @@ class SemanticFL(UpdateGuard, FedAvg):
         return cls(
             kd_weight=section.kd_weight,
             kd_temperature=section.kd_temperature,
+            kd_form=section.kd_form,
             con_weight=section.con_weight,
             con_tau=section.con_tau,
             **kwargs,
@@ -96,6 +103,7 @@ class SemanticFL(UpdateGuard, FedAvg):
         if self.kd_weight > 0:
             config[keys.KD_WEIGHT] = self.kd_weight
             config[keys.KD_TEMPERATURE] = self.kd_temperature
+            config[keys.KD_FORM] = self.kd_form
         if self.con_weight > 0:
             config[keys.CON_WEIGHT] = self.con_weight
             config[keys.CON_TAU] = self.con_tau
@@ -119,9 +127,10 @@ class SemanticFL(UpdateGuard, FedAvg):
         shape = self.guidance[keys.TEXT_ANCHORS].shape
         log(
             INFO,
-            "\t├──> SemanticFL: kd %s (T %s), con %s (tau %s), anchors %s%s",
+            "\t├──> SemanticFL: kd %s (T %s, over %s), con %s (tau %s), anchors %s%s",
             self.kd_weight,
             self.kd_temperature,
+            self.kd_form,
             self.con_weight,
             self.con_tau,
             shape,
