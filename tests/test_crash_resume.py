@@ -49,52 +49,47 @@ def _digits(run_dir: Path) -> list[tuple]:
     ]
 
 
-def _simulation_pids() -> list[int]:
-    """This test's ServerApp processes (Flower's ``flwr-simulation``)."""
+def _our_processes(matches) -> list[int]:
+    """PIDs of this test's descendants whose argv (a list of bytes) ``matches``."""
     found = []
     for pid in descendants(os.getpid()):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"flwr-simulation" in cmd:
+        if matches(argv):
             found.append(pid)
     return found
+
+
+def _simulation_pids() -> list[int]:
+    """This test's ServerApp processes (Flower's ``flwr-simulation``)."""
+    return _our_processes(lambda argv: any(b"flwr-simulation" in a for a in argv))
 
 
 def _flwr_run_pids() -> list[int]:
-    found = []
-    for pid in descendants(os.getpid()):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(cmd) > 1 and cmd[0].endswith(b"flwr") and cmd[1] == b"run":
-            found.append(pid)
-    return found
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole")
-    result = run_simulation(
-        APP_DIR,
-        {**RUN, "output-dir": str(out), "run-name": "a"},
-        stream=False,
-        timeout=600,
+    return _our_processes(
+        lambda argv: len(argv) > 1 and argv[0].endswith(b"flwr") and argv[1] == b"run"
     )
+
+
+def _run(folder: Path, name: str):
+    """One simulation of RUN into ``folder/name``; it must complete."""
+    result = run_simulation(
+        APP_DIR, {**RUN, "output-dir": str(folder), "run-name": name},
+        stream=False, timeout=600,
+    )  # fmt: skip
     assert result.ok, result.output[-3000:]
     return result
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("whole"), "a")
+
+
 def test_the_same_seed_gives_the_same_digits(uninterrupted, tmp_path):
-    again = run_simulation(
-        APP_DIR,
-        {**RUN, "output-dir": str(tmp_path), "run-name": "b"},
-        stream=False,
-        timeout=600,
-    )
-    assert again.ok, again.output[-3000:]
+    again = _run(tmp_path, "b")
     first, second = _digits(uninterrupted.run_dir), _digits(again.run_dir)
     assert len(first) == 7 and first == second
     print("\nreproducibility (round, accuracy, loss):")
