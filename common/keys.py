@@ -86,6 +86,7 @@ TRAIN_ACCURACY = "train-accuracy"
 TRAIN_SECONDS = "train-seconds"
 TRAIN_STEPS = "train-steps"
 TRAIN_CUDA = "train-cuda"  # 1 if the client trained on a CUDA device
+TRAIN_GPU_PEAK_MB = "train-gpu-peak-mb"  # peak GPU memory while training, MiB
 INSTANCE_GUIDED = "instance-guided"  # 1 if FedDifRC's instance terms ran
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"

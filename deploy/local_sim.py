@@ -159,13 +159,27 @@ def resume_overrides(run_dir: Path | str, overrides: dict[str, Any]) -> dict[str
     }
 
 
-def _free_port() -> int:
+def flwr_env(flwr_home: Path) -> dict[str, str]:
+    """This process's environment for Flower's CLI and servers under ``flwr_home``:
+    no runtime dependency installation (it would replace our pinned torch), no
+    update check, no telemetry."""
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_DEDUP_LOGS": "0",
+    }
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -232,10 +246,10 @@ def stop_tree(proc: subprocess.Popen) -> None:
 
 
 def _run_status(
-    flwr: str, env: dict[str, str], run_id: int | None
+    flwr: str, env: dict[str, str], run_id: int | None, connection: str = "local-sim"
 ) -> tuple[int | None, str]:
     out = subprocess.run(
-        [flwr, "ls", "local-sim", "--format", "json"],
+        [flwr, "ls", connection, "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -250,6 +264,60 @@ def _run_status(
         if run_id is None or int(run["run-id"]) == run_id:
             return int(run["run-id"]), str(run["status"])
     return run_id, "unknown (run not listed)"
+
+
+def flwr_run(
+    app_dir: Path,
+    connection: str,
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    output_lines: list[str],
+    *,
+    extra: tuple[str, ...] = (),
+    stream: bool = True,
+    timeout: float = 6 * 3600,
+) -> tuple[int | None, str]:
+    """``flwr run <app> <connection> --stream``, then the run's id and *status*.
+
+    Every output line is appended to ``output_lines`` (and echoed when
+    ``stream``); the status comes from ``flwr ls``, since ``flwr run`` exits 0
+    when a run fails.
+    """
+    flwr = str(Path(sys.executable).parent / "flwr")
+    cmd = [
+        flwr,
+        "run",
+        str(app_dir),
+        connection,
+        "--stream",
+        "--run-config",
+        to_toml_overrides(overrides),
+        *extra,
+    ]
+    run_id = None
+    with subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=app_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as run:
+        deadline = time.monotonic() + timeout
+        assert run.stdout is not None
+        for line in run.stdout:
+            output_lines.append(line)
+            if stream:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            match = re.search(r"started run (\d+)", line)
+            if match and run_id is None:
+                run_id = int(match.group(1))
+            if time.monotonic() > deadline:
+                run.kill()
+                raise TimeoutError(f"run did not finish within {timeout} s")
+    return _run_status(flwr, env, run_id, connection)
 
 
 def run_simulation(
@@ -280,18 +348,10 @@ def run_simulation(
             flush=True,
         )
 
-    bin_dir = Path(sys.executable).parent
-    flwr, superlink = str(bin_dir / "flwr"), str(bin_dir / "flower-superlink")
+    superlink = str(Path(sys.executable).parent / "flower-superlink")
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_DEDUP_LOGS": "0",
-    }
+    port = free_port()
+    env = flwr_env(flwr_home)
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -316,41 +376,17 @@ def run_simulation(
     output_lines: list[str] = []
     run_id, status = None, "not started"
     try:
-        _wait_healthy(port, link)
-        cmd = [
-            flwr,
-            "run",
-            str(app_dir),
+        wait_healthy(port, link)
+        run_id, status = flwr_run(
+            app_dir,
             "local-sim",
-            "--stream",
-            "--run-config",
-            to_toml_overrides(overrides),
-            "--federation-config",
-            federation,
-        ]
-        with subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=app_dir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        ) as run:
-            deadline = time.monotonic() + timeout
-            assert run.stdout is not None
-            for line in run.stdout:
-                output_lines.append(line)
-                if stream:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                match = re.search(r"started run (\d+)", line)
-                if match and run_id is None:
-                    run_id = int(match.group(1))
-                if time.monotonic() > deadline:
-                    run.kill()
-                    raise TimeoutError(f"run did not finish within {timeout} s")
-        run_id, status = _run_status(flwr, env, run_id)
+            overrides,
+            env,
+            output_lines,
+            extra=("--federation-config", federation),
+            stream=stream,
+            timeout=timeout,
+        )
     finally:
         stop_tree(link)
     if status == COMPLETED:

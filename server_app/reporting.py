@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,16 @@ from common import keys
 from common.config import RunConfig
 from common.datasets import get_spec
 from common.evaluation import EvalResult
+from common.federation import describe_device, resolve_device
 from common.io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text
 from common.partition import DataSplit
 from server_app.checkpoint import save_checkpoint
-from server_app.plots import plot_accuracy, plot_partition_heatmap
 from server_app.tensorboard_sink import TensorBoardSink
+
+try:  # PNG plots are a convenience: a bare GPU machine may lack matplotlib
+    from server_app.plots import plot_accuracy, plot_partition_heatmap
+except ImportError:
+    plot_accuracy = plot_partition_heatmap = None
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -175,9 +180,12 @@ class RunRecorder:
         atomic_write_text(
             self.dir / "partition_counts.csv", "\n".join([header, *rows]) + "\n"
         )
-        plot_partition_heatmap(
-            counts, class_names, self._setting(), self.dir / "partition_heatmap.png"
-        )
+        if plot_partition_heatmap is None:
+            log(WARNING, "matplotlib is not installed: this run writes no PNG plots")
+        else:
+            plot_partition_heatmap(
+                counts, class_names, self._setting(), self.dir / "partition_heatmap.png"
+            )
         log(
             INFO,
             "Partition sizes: %s (public split: %d)",
@@ -270,12 +278,13 @@ class RunRecorder:
             row["server"] = self._pending_server
         self.validation.append(self._pending_validation.get(keys.EVAL_ACCURACY))
         self.append_row(row)
-        plot_accuracy(
-            self.rounds,
-            self.accuracy,
-            f"{self.cfg.method}: {self._setting()}",
-            self.dir / "accuracy.png",
-        )
+        if plot_accuracy is not None:
+            plot_accuracy(
+                self.rounds,
+                self.accuracy,
+                f"{self.cfg.method}: {self._setting()}",
+                self.dir / "accuracy.png",
+            )
         train_loss = self._pending_train.get(keys.TRAIN_LOSS)
         val_acc = self.validation[-1]
         log(
@@ -351,6 +360,7 @@ class RunRecorder:
             "rejected-updates": [
                 {"round": r, "node": n, "reason": why} for r, n, why in rejected
             ],
+            "server-device": describe_device(resolve_device(self.cfg.runtime.device)),
             "wall-seconds": time.perf_counter() - self._t_start,
             "run-dir": str(self.dir),
         }

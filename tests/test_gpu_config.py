@@ -11,6 +11,7 @@ from benchmarks.profiles import PROFILES
 from client_app.training import LocalSettings, train
 from common import keys
 from common.config import RunConfig
+from common.federation import describe_device, resolve_device
 from common.models import build_model
 from deploy import local_sim
 from server_app.preflight import PreflightError, preflight
@@ -81,7 +82,15 @@ def _train(bf16):
 
 
 def test_train_metrics_say_where_the_client_trained():
-    assert _train(False)[keys.TRAIN_CUDA] == 0.0
+    metrics = _train(False)
+    assert metrics[keys.TRAIN_CUDA] == 0.0
+    assert metrics[keys.TRAIN_GPU_PEAK_MB] == 0.0  # no GPU memory on the CPU
+
+
+def test_the_server_device_is_described_as_it_ran():
+    assert describe_device("cpu") == "cpu"
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        resolve_device("cuda")
 
 
 def test_bf16_autocast_trains_and_changes_the_arithmetic():

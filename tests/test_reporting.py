@@ -236,3 +236,35 @@ def test_tensorboard_event_files_read_back(defaults, tmp_path):
     ]
     assert accuracy == [(0, 0.1), (1, 0.2), (2, 0.3)]
     assert [e.step for e in events.Scalars("train/train-loss")] == [1, 2]
+
+
+def test_without_matplotlib_a_run_records_everything_but_the_plots(defaults, tmp_path):
+    """A bare GPU machine may lack matplotlib: the run goes on without PNGs."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["matplotlib"] = None  # import matplotlib now raises ImportError
+import numpy as np
+from common.config import RunConfig
+from common.evaluation import EvalResult
+from common.partition import DataSplit
+from server_app import reporting
+assert reporting.plot_accuracy is None
+cfg = RunConfig.from_run_config({{**{defaults!r}, "output-dir": {str(tmp_path)!r},
+                                  "run-name": "r", "num-clients": 2}})
+rec = reporting.RunRecorder(cfg)
+rec.save_partition(DataSplit(public=np.array([], dtype=int),
+                             clients=[np.array([0]), np.array([1])]), np.array([0, 1]),
+                  ["a", "b"])
+rec.record_round(0, EvalResult(0.5, 1.0, [0.5, 0.5], 2), eval_seconds=0.1)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "r"
+    assert (run / "metrics.jsonl").is_file() and (run / "partition_counts.csv").is_file()
+    assert not list(run.glob("*.png"))
+    assert "writes no PNG plots" in out.stderr + out.stdout
