@@ -20,6 +20,7 @@ Usage::
 
     python -m deploy.local_sim [--run-config "k=v ..."] [--num-supernodes N]
     python -m deploy.local_sim --resume outputs/<run>   # continue a crashed run
+    python -m deploy.local_sim --ray-address HEAD:6379  # on a running Ray cluster
 
 Exit code 0 only when the run finished with status ``finished:completed``.
 """
@@ -95,14 +96,20 @@ DEFAULT_GPU_SHARE = 0.25
 
 
 def federation_config(
-    cfg: RunConfig, nodes: int, cpus_per_client: int, gpus_per_client: float | None
+    cfg: RunConfig,
+    nodes: int,
+    cpus_per_client: int,
+    gpus_per_client: float | None,
+    *,
+    cluster: bool = False,
 ) -> str:
     """Flower's ``--federation-config`` for a simulation of ``cfg``.
 
     Ray hides every GPU from an actor that reserved none (it sets
     ``CUDA_VISIBLE_DEVICES`` to nothing), so a CUDA run must give each
     ClientApp a GPU share; ``None`` takes :data:`DEFAULT_GPU_SHARE` for CUDA
-    and 0 for CPU.
+    and 0 for CPU. On a Ray ``cluster`` the GPUs may be on other machines, so
+    this machine's CUDA is not checked.
     """
     cuda = cfg.runtime.device.startswith("cuda")
     gpus = (
@@ -120,7 +127,7 @@ def federation_config(
             "would hide the GPU from every client. Give a share, e.g. "
             f"--gpus-per-client {DEFAULT_GPU_SHARE} (four ClientApps per GPU)"
         )
-    if gpus > 0:
+    if gpus > 0 and not cluster:
         import torch
 
         if not torch.cuda.is_available():
@@ -171,6 +178,15 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_DEDUP_LOGS": "0",
     }
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse anything but ``HOST:PORT`` (a Ray head's GCS address)."""
+    if not re.fullmatch(r"[A-Za-z0-9.-]+:\d{1,5}", address):
+        raise ValueError(
+            f"--ray-address must be HOST:PORT of a running Ray head (what `ray start "
+            f"--head --port PORT` prints, e.g. 10.0.0.5:6379), got {address!r}"
+        )
 
 
 def free_port() -> int:
@@ -327,11 +343,19 @@ def run_simulation(
     num_supernodes: int | None = None,
     cpus_per_client: int = 1,
     gpus_per_client: float | None = None,
+    ray_address: str | None = None,
     stream: bool = True,
     timeout: float = 6 * 3600,
 ) -> SimulationResult:
-    """Run one simulation of the app and return its status and run folder."""
+    """Run one simulation of the app and return its status and run folder.
+
+    ``ray_address`` (``HOST:PORT`` of a running cluster's head, as ``ray start
+    --head`` prints it): the simulation's ClientApps run on that cluster
+    instead of a Ray instance started for this run (see ``docs/deploy.md``).
+    """
     app_dir = Path(app_dir).resolve()
+    if ray_address is not None:
+        check_ray_address(ray_address)
     overrides = dict(overrides or {})
     cfg = resolve_config(app_dir, overrides)
     # Pin the run folder so we can report it: absolute output dir, explicit name.
@@ -341,7 +365,9 @@ def run_simulation(
     preflight(cfg)
     run_dir = Path(cfg.runtime.output_dir) / cfg.runtime.run_name
     nodes = num_supernodes or cfg.federation.num_clients
-    federation = federation_config(cfg, nodes, cpus_per_client, gpus_per_client)
+    federation = federation_config(
+        cfg, nodes, cpus_per_client, gpus_per_client, cluster=ray_address is not None
+    )
     if cfg.runtime.tensorboard:
         print(
             f"follow the run: tensorboard --logdir {run_dir / 'tensorboard'}",
@@ -352,6 +378,11 @@ def run_simulation(
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     port = free_port()
     env = flwr_env(flwr_home)
+    if ray_address is not None:
+        # Flower's Ray backend calls ray.init() with no address; Ray then
+        # joins the cluster RAY_ADDRESS names, which the SuperLink's
+        # simulation process inherits.
+        env["RAY_ADDRESS"] = ray_address
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -437,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         "device is CUDA, else 0; fractional: 0.25 = four ClientApps per GPU)",
     )
     parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="run the ClientApps on this running Ray cluster (its head's address) "
+        "instead of a Ray instance started for this run",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="do not stream the run's log"
     )
     parser.add_argument(
@@ -457,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             num_supernodes=args.num_supernodes,
             cpus_per_client=args.cpus_per_client,
             gpus_per_client=args.gpus_per_client,
+            ray_address=args.ray_address,
             stream=not args.quiet,
         )
     except (
