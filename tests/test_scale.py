@@ -26,7 +26,7 @@ def test_fewer_clients_than_sampled_is_refused():
 
 
 def _row(method, n, round_s, setup, server, client):
-    return {"method": method, "clients": n, "round-seconds": round_s,
+    return {"method": method, "clients": n, "round-seconds": round_s, "overhead-seconds": 1.0,
             "setup-seconds": setup, "server-mb": server, "client-mb": client}  # fmt: skip
 
 
