@@ -176,7 +176,7 @@ def score(fit: Tensor, held: Tensor, y_fit: Tensor, y_held: Tensor,
     }
 
 
-def recipes(feats: dict[int, dict[str, Tensor]], neutral: int, n_classes: int):
+def recipes(feats: dict[int, dict[str, Tensor]]):
     """(name, group, features (N, r)) of every recipe in the study."""
     blocks = sorted({int(k.split("/")[1]) for k in feats[150] if "/" in k})
     default = (1, 2, 3) if max(blocks) >= 3 else tuple(blocks[1:])
@@ -266,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     y_fit, y_held = labels[~held_t], labels[held_t]
     rows = []
     pixels = images.flatten(1).float() / 255
-    cands = [("raw pixels", "baseline", pixels)] + list(
-        recipes(feats, neutral, len(names))
-    )
+    cands = [("raw pixels", "baseline", pixels)] + list(recipes(feats))
     for name, group, x in cands:
         projections = (
             ("none", "pca", "whitened", "lda")

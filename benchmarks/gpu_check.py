@@ -262,20 +262,24 @@ def markdown(report: dict[str, Any]) -> str:
               f"**{fed.get('status')}** in {fed.get('seconds', 0):.0f} s.", ""]  # fmt: skip
     if "round-seconds" in fed:
         peak = fed["gpu-peak-mib-all-processes"]
+        peak_text = f"{peak:.0f} MiB" if peak else "not sampled (no nvidia-smi)"
         lines += [
             f"- ServerApp device: {fed['server-device']}",
             f"- share of clients that trained on CUDA, per round: {fed['train-cuda']}",
-            "- round seconds: "
-            + ", ".join(f"{s:.1f}" for s in fed["round-seconds"]),
+            "- round seconds: " + ", ".join(f"{s:.1f}" for s in fed["round-seconds"]),
             "- a client's peak GPU memory while training (MiB, mean over "
             "clients): " + ", ".join(f"{m:.0f}" for m in fed["client-gpu-peak-mib"]),
-            f"- GPU memory in use at peak, all processes: "
-            f"{'%.0f MiB' % peak if peak else 'not sampled (no nvidia-smi)'}",
+            f"- GPU memory in use at peak, all processes: {peak_text}",
             f"- final accuracy (2 rounds, 500 images a client): "
             f"{fed['final-accuracy']:.4f}",
         ]
     bad = report.get("failed", [])
-    lines += ["", "## Result", "", "FAILED: " + "; ".join(bad) if bad else "all checks held"]
+    lines += [
+        "",
+        "## Result",
+        "",
+        "FAILED: " + "; ".join(bad) if bad else "all checks held",
+    ]
     return "\n".join(lines) + "\n"
 
 

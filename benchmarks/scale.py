@@ -267,10 +267,6 @@ def main(argv: list[str] | None = None) -> int:
             f" | {fmt_time(row['wall-seconds'])} (total {fmt_time(time.perf_counter() - t0)})",
             flush=True,
         )
-    for row in rows:  # measured before this column existed: from its metrics
-        if "overhead-seconds" not in row:
-            run = out / "runs" / f"{row['method']}-n{row['clients']}-r{args.rounds}"
-            row.update(overhead(read_jsonl(run / "metrics.jsonl")))
     rows = with_ratios(rows)
     command = "python -m benchmarks.scale " + " ".join(argv or sys.argv[1:])
     atomic_write_json(cache, {"runs": rows, "machine": hardware()})

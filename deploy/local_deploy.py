@@ -33,6 +33,7 @@ from flwr.common.config import parse_config_args
 from deploy.local_sim import (
     COMPLETED,
     SimulationResult,
+    add_app_arguments,
     flwr_env,
     flwr_run,
     free_port,
@@ -158,16 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the app on Flower's deployment engine with local "
         "SuperNodes (no Ray) and check it completed.",
     )
-    parser.add_argument("--app", default=".", help="app folder (holds pyproject.toml)")
+    add_app_arguments(parser)
     parser.add_argument(
         "--nodes", type=int, default=None, help="SuperNodes (default: num-clients)"
-    )
-    parser.add_argument(
-        "--run-config",
-        "-c",
-        action="append",
-        default=None,
-        help="overrides, as for flwr run: \"k=v k2='s'\" or a .toml file",
     )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run")
     args = parser.parse_args(argv)

@@ -434,12 +434,8 @@ def run_simulation(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deploy.local_sim",
-        description="Run the SemanticFL app in Flower's simulation engine and check it "
-        "completed (defaults: pyproject.toml [tool.flwr.app.config]).",
-    )
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--app`` and ``--run-config``/``-c``, as every launcher here takes them."""
     parser.add_argument("--app", default=".", help="app folder (holds pyproject.toml)")
     parser.add_argument(
         "--run-config",
@@ -448,6 +444,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="overrides, as for flwr run: \"k=v k2='s'\" or a .toml file",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local_sim",
+        description="Run the SemanticFL app in Flower's simulation engine and check it "
+        "completed (defaults: pyproject.toml [tool.flwr.app.config]).",
+    )
+    add_app_arguments(parser)
     parser.add_argument(
         "--num-supernodes",
         type=int,
