@@ -40,6 +40,7 @@ import tempfile
 import time
 import tomllib
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,12 +293,13 @@ def flwr_run(
     extra: tuple[str, ...] = (),
     stream: bool = True,
     timeout: float = 6 * 3600,
+    on_line: Callable[[str], None] | None = None,
 ) -> tuple[int | None, str]:
     """``flwr run <app> <connection> --stream``, then the run's id and *status*.
 
     Every output line is appended to ``output_lines`` (and echoed when
-    ``stream``); the status comes from ``flwr ls``, since ``flwr run`` exits 0
-    when a run fails.
+    ``stream``) and passed to ``on_line``; the status comes from ``flwr ls``,
+    since ``flwr run`` exits 0 when a run fails.
     """
     flwr = str(Path(sys.executable).parent / "flwr")
     cmd = [
@@ -330,6 +332,8 @@ def flwr_run(
             match = re.search(r"started run (\d+)", line)
             if match and run_id is None:
                 run_id = int(match.group(1))
+            if on_line is not None:
+                on_line(line)
             if time.monotonic() > deadline:
                 run.kill()
                 raise TimeoutError(f"run did not finish within {timeout} s")

@@ -23,11 +23,12 @@ from deploy.multihost import NODES
 
 COMPOSE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "compose"
 FILES = {"cpu": ["compose.yml"], "gpu": ["compose.yml", "compose.gpu.yml"]}
-PROGRAMS = {  # the image's entry point program
+PROGRAMS = {  # the service's entry point program
     "superlink": "flower-superlink",
     "supernode": "flower-supernode",
     "superexec": "flower-superexec",
 }
+SERVICE = "diffusion-service"  # the guidance service: our CLI, not Flower's
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess:
@@ -41,7 +42,8 @@ def _compose(*args: str) -> subprocess.CompletedProcess:
 
 def _config(variant: str) -> dict:
     files = [a for f in FILES[variant] for a in ("-f", f)]
-    done = _compose(*files, "config", "--format", "json")
+    # The "checks" profile adds the unregistered SuperNode.
+    done = _compose(*files, "--profile", "checks", "config", "--format", "json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -74,10 +76,13 @@ def test_validator_rejects_an_invalid_file(tmp_path):
 def test_topology_matches_the_multihost_test(model):
     services = model["services"]
     nodes = sorted(s for s in services if s.startswith("supernode-"))
+    nodes.remove("supernode-unregistered")
     assert nodes == [f"supernode-{i}" for i in range(NODES)]
     assert set(services) == {
         "superlink",
         "superexec-serverapp",
+        SERVICE,
+        "supernode-unregistered",
         *nodes,
         *(f"superexec-clientapp-{i}" for i in range(NODES)),
     }
@@ -106,7 +111,11 @@ def test_topology_matches_the_multihost_test(model):
 
 def test_every_command_parses_with_flower_141_and_has_no_stale_flags(model):
     for name, service in model["services"].items():
+        if name == SERVICE:
+            continue
         program = PROGRAMS[re.sub(r"-.*", "", name)]
+        # Set explicitly, so Flower's images and the offline ones run the same.
+        assert service["entrypoint"] == [program], name
         argv = service["command"]
         assert flags.stale_flags(argv) == [], name
         flags.parse(program, argv)  # raises with Flower's message on a bad flag
@@ -131,31 +140,66 @@ def test_mounted_files_are_the_ones_the_commands_name(model):
 def test_gpu_is_reserved_only_with_the_gpu_override():
     cpu, gpu = _config("cpu"), _config("gpu")
     assert all("deploy" not in s for s in cpu["services"].values())
-    server = gpu["services"]["superexec-serverapp"]
-    devices = server["deploy"]["resources"]["reservations"]["devices"]
+    service = gpu["services"][SERVICE]
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
-    assert server["environment"]["GUIDANCE_DEVICE"] == "cuda"
-    assert (
-        cpu["services"]["superexec-serverapp"]["environment"]["GUIDANCE_DEVICE"]
-        == "cpu"
-    )
+    assert _opts(service["command"])["--device"] == "cuda"
+    assert _opts(cpu["services"][SERVICE]["command"])["--device"] == "cpu"
+    # Only the service gets a GPU (and the CUDA torch image).
+    assert [n for n, s in gpu["services"].items() if "deploy" in s] == [SERVICE]
 
 
-def test_app_image_builds_on_flower_superexec_with_cpu_torch():
+def test_guidance_service_is_reachable_only_from_the_serverapp(model):
+    services = model["services"]
+    assert set(services[SERVICE]["networks"]) == {"guidance"}
+    assert model["networks"]["guidance"].get("internal") is True
+    sharing = {n for n, s in services.items() if "guidance" in s.get("networks", {})}
+    assert sharing == {SERVICE, "superexec-serverapp"}
+    opts = _opts(services[SERVICE]["command"])
+    assert {"--certfile", "--keyfile", "--token-file"} <= set(opts)
+    assert "--insecure" not in opts
+
+
+def test_unregistered_supernode_is_a_check_only():
+    plain = _compose("-f", "compose.yml", "config", "--services")
+    assert plain.returncode == 0, plain.stderr
+    assert "supernode-unregistered" not in plain.stdout.split()
+    checks = _config("cpu")["services"]["supernode-unregistered"]
+    assert checks["restart"] == "no"
+    key = _opts(checks["command"])["--auth-supernode-private-key"]
+    assert key.endswith("supernode_credentials_unregistered")
+
+
+def test_app_image_takes_its_base_and_torch_source_as_build_arguments():
     text = (COMPOSE_DIR / "Dockerfile").read_text()
-    assert re.search(r"^FROM flwr/superexec:\$\{FLWR_VERSION\}", text, re.M)
-    assert "ARG FLWR_VERSION=1.41.0" in text
+    assert re.search(r"^ARG BASE=flwr/superexec:", text, re.M)
+    assert re.search(r"^FROM \$\{BASE\} AS build", text, re.M)
+    assert re.search(r"^FROM \$\{RUNTIME\}$", text, re.M)
     assert "download.pytorch.org/whl/cpu" in text
-    assert 'ENTRYPOINT ["flower-superexec"]' in text
+    # The wheels travel in the build stage only.
+    final = text[text.index("FROM ${RUNTIME}"):]
+    assert "wheelhouse" not in final and "COPY --from=build" in final
+    flwr_image = (COMPOSE_DIR / "flwr.Dockerfile").read_text()
+    assert "torch" not in flwr_image.replace("no torch", "")
+    assert "--uid 49999" in flwr_image and re.search(r"^USER app$", flwr_image, re.M)
+
+
+def test_build_context_leaves_out_secrets_and_the_venv():
+    ignore = (COMPOSE_DIR.parents[1] / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*")] == "*"  # everything out, then a whitelist
+    for secret in ("deploy/compose/demo/", "deploy/compose/certs/"):
+        assert secret in ignore
 
 
 def test_demo_run_config_is_valid_and_fits_the_containers():
     run = tomllib.loads((COMPOSE_DIR / "run-config.toml").read_text())
     cfg = resolve_config(COMPOSE_DIR.parents[1], run)  # the apps' own validation
     assert cfg.federation.num_clients == NODES and cfg.federation.min_available_clients < NODES
-    entry = (COMPOSE_DIR / "serverapp-entrypoint.sh").read_text()
-    assert f"--address {run['guidance-service']}" in entry
-    server = _config("cpu")["services"]["superexec-serverapp"]
+    model = _config("cpu")
+    host, port = run["guidance-service"].split(":")
+    assert host == SERVICE
+    assert _opts(model["services"][SERVICE]["command"])["--address"] == f"0.0.0.0:{port}"
+    server = model["services"]["superexec-serverapp"]
     targets = {v["target"] for v in server["volumes"]}
     for key in ("guidance-service-ca", "guidance-service-token-file", "output-dir"):
         assert run[key] in targets, key
