@@ -176,6 +176,49 @@ def gains_markdown(rows: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def plain_reading(rows: list[dict[str, Any]], target: float = TARGET_MDE) -> str:
+    """One paragraph per scenario, in words: what is resolved, what is not, and
+    whether the scenario's MDE reaches ``target``. Generated from the table,
+    so the words cannot drift from the numbers."""
+
+    def listed(part: list[dict[str, Any]]) -> str:
+        return ", ".join(
+            f"{r['method']} ({r['gain']:+.1f} [{r['gain_low']:+.1f}, {r['gain_high']:+.1f}])"
+            for r in sorted(part, key=lambda r: -r["gain"])
+        )
+
+    out = []
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        part = [r for r in rows if r["scenario"] == scenario]
+        ref = next(r for r in part if r["verdict"] == "reference")
+        said = []
+        for verdict, words in (("better", "resolved better than FedAvg"),
+                               ("worse", "resolved worse than FedAvg")):  # fmt: skip
+            hits = [r for r in part if r["verdict"] == verdict]
+            if hits:
+                said.append(f"{words}: {listed(hits)}")
+        open_ = [r["method"] for r in part if r["verdict"] == "not resolved"]
+        if open_:
+            said.append("not resolved (the interval contains 0): " + ", ".join(open_))
+        mde = ref["mde"]
+        pooled, _ = pooled_paired_std(rows, scenario)
+        if mde is None:
+            reach = "no MDE (fewer than 2 seeds)"
+        elif mde <= target:
+            reach = f"MDE {mde:.1f} points, within the {target:g}-point target"
+        else:
+            needed = seeds_for_mde(pooled, target) if pooled else None
+            more = f"; about {needed} seeds would reach it" if needed else ""
+            reach = (
+                f"MDE {mde:.1f} points, above the {target:g}-point target: a true "
+                f"gain smaller than that is likely to be missed at {ref['seeds']} "
+                f"seeds{more}"
+            )
+        out.append(f"*{scenario}* ({ref['seeds']} seeds): " + "; ".join(said)
+                   + f". {reach}.")  # fmt: skip
+    return "\n\n".join(out) + "\n"
+
+
 def plot_gains(rows: list[dict[str, Any]], path: Path) -> Path:
     """Paired gains with their 95% intervals, a panel per scenario."""
     import matplotlib

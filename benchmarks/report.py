@@ -215,7 +215,13 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
         "below comes from that run's cells (run folders in "
         f"`{report['runs_dir']}`). {report['cells']} cells, "
         f"{report['ran']} run now, {report['cells'] - report['ran']} reused; "
-        f"matrix wall time {report['matrix_wall']}.\n\n"
+        f"matrix wall time {report['matrix_wall']}"
+        + (
+            f"; the cells' own run times add up to {report['cells_wall']}"
+            if report.get("cells_wall")
+            else ""
+        )
+        + ".\n\n"
     )
     k = report.get("last_k")
     if k:  # profiles with the paired-gain table
@@ -255,6 +261,8 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
             f"table; CSV: [{csv_path}]({link(csv_path)})):\n\n"
             + report["tables"]["gains"]
         )
+        if report.get("reading"):
+            out.write("**Reading.** " + report["reading"])
     out.write(
         "\n**Final-round accuracy (%)**, mean ± std (gain over FedAvg, points):\n\n"
         + report["tables"]["final"]

@@ -228,11 +228,15 @@ def build_report(
         "cells": len(rows),
         "ran": ran,
         "matrix_wall": fmt_time(matrix_wall),
+        # Cells run across several invocations: their own times add up to the
+        # profile's cost, whatever this invocation reused.
+        "cells_wall": fmt_time(sum(r["wall_s"] for r in rows)),
         "settings": {k: (str(settings[k]), str(paper[k])) for k in paper},
         "hardware": hardware_text,
         "deviations": [dataclasses.asdict(d) for d in profile.all_deviations()],
         "last_k": profile.last_k,
         "gains": table,
+        "reading": gains.plain_reading(table),
         "gains_csv": _repo_path(out / "gains.csv"),
         "tables": {
             "gains": gains.gains_markdown(table),
@@ -253,7 +257,8 @@ def build_report(
         out / "results.md",
         f"Last-{profile.last_k} accuracy, paired gains over FedAvg (95% CI)\n\n"
         + data["tables"]["gains"]
-        + "Final-round accuracy (%), mean ± std (gain over FedAvg)\n\n"
+        + data["reading"]
+        + "\nFinal-round accuracy (%), mean ± std (gain over FedAvg)\n\n"
         + data["tables"]["final"]
         + "\nBest-round accuracy (%), mean ± std (gain over FedAvg)\n\n"
         + data["tables"]["best"],

@@ -11,6 +11,7 @@ from benchmarks.gains import (
     gains_markdown,
     gains_rows,
     last_k_accuracy,
+    plain_reading,
     plot_gains,
     write_gains_csv,
 )
@@ -84,6 +85,30 @@ def test_the_csv_has_exactly_the_columns_and_the_markdown_a_verdict(tmp_path):
     # gains 5, 6, 4: paired std 1 -> 4 seeds reach an MDE of 3 (3 give 3.10)
     assert "(pooled paired std 1.00) 4 seeds reach an MDE of 3" in md
     assert plot_gains(rows, tmp_path / "gains.png").stat().st_size > 1000
+
+
+def test_the_plain_reading_says_what_is_resolved_and_whether_the_mde_is_met(tmp_path):
+    # Last-2 gains over fedavg (50, 60, 70): up +10, +11, +12 (resolved, mean 11);
+    # down -10, -11, -12 (resolved); flat +3, +1, +5 (holds 0).
+    def method(name, values):
+        return {s: _run(tmp_path, f"{name}{s}", [v, v]) for s, v in enumerate(values)}
+
+    runs = {
+        ("x", "fedavg"): method("a", [0.5, 0.6, 0.7]),
+        ("x", "up"): method("u", [0.6, 0.71, 0.82]),
+        ("x", "down"): method("d", [0.4, 0.49, 0.58]),
+        ("x", "flat"): method("f", [0.53, 0.61, 0.75]),
+    }
+    text = plain_reading(gains_rows(runs, k=2), target=3.0)
+    half = 4.302653 * 1 / math.sqrt(3)  # paired std 1 for up and down
+    assert f"resolved better than FedAvg: up (+11.0 [{11 - half:+.1f}, {11 + half:+.1f}])" in text
+    assert "resolved worse than FedAvg: down (-11.0 [" in text
+    assert "not resolved (the interval contains 0): flat" in text
+    # pooled paired std sqrt((1 + 1 + 4) / 3) = sqrt(2) over 3 seeds
+    mde = minimum_detectable_effect(math.sqrt(2), 3)
+    assert f"MDE {mde:.1f} points, above the 3-point target" in text and mde > 3
+    assert "about 4 seeds would reach it" in text  # sqrt(2): 4 seeds give 2.94
+    assert "within the 9-point target" in plain_reading(gains_rows(runs, k=2), target=9)
 
 
 def test_an_unpaired_scenario_is_refused(tmp_path):
