@@ -43,6 +43,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "feddifrc-mlp": {"method": "feddifrc", "guidance-head": "mlp"},
     "semanticfl-mlp": {"method": "semanticfl", "guidance-head": "mlp"},
+    # Probes of where FedETF's gain comes from and whether diffusion anchors
+    # in its place do better (chosen before looking, not tuned).
+    "fedetf-ce": {"method": "fedetf", "etf-loss": "ce"},
+    "semanticfl-anchors": {
+        "method": "semanticfl",
+        "anchor-classifier": "visual",
+        "anchor-etf-mix": 0.5,
+        "kd-form": "classes",
+    },
 }
 
 

@@ -9,20 +9,48 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which would
+# race with threads creating files if done on every write.
+_UMASK = _read_umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permission bits, or what ``open()`` would give a new one."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then move the result to ``path`` atomically."""
+    """Call ``write(tmp_path)`` then move the result to ``path`` atomically.
+
+    The result keeps the permissions of the file it replaces (a new file gets
+    the umask's): mkstemp's private 0600 would otherwise leak into every
+    file written this way, and a 0600 README stops a container build whose
+    user is not the file's owner.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -184,6 +184,15 @@ def test_app_image_takes_its_base_and_torch_source_as_build_arguments():
     assert "--uid 49999" in flwr_image and re.search(r"^USER app$", flwr_image, re.M)
 
 
+def test_the_app_images_build_user_owns_every_copied_source():
+    # COPY keeps the host's modes: a checkout with 0600 files (umask 077, or
+    # a mkstemp-written README) is unreadable to the build's user otherwise.
+    text = (COMPOSE_DIR / "Dockerfile").read_text()
+    build = text[text.index("AS build") : text.index("FROM ${RUNTIME}")]
+    copies = [line for line in build.splitlines() if line.startswith("COPY")]
+    assert copies and all(line.startswith("COPY --chown=app:app ") for line in copies)
+
+
 def test_build_context_leaves_out_secrets_and_the_venv():
     ignore = (COMPOSE_DIR.parents[1] / ".dockerignore").read_text().splitlines()
     assert ignore[ignore.index("*")] == "*"  # everything out, then a whitelist

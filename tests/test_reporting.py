@@ -1,6 +1,8 @@
 """Run outputs: files written, labelled summary, nothing overwritten, safe IO."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from safetensors.torch import load_file
 
 from common.config import RunConfig
 from common.evaluation import EvalResult, evaluate
-from common.io import append_jsonl, atomic_write_json, read_jsonl
+from common.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from common.models import build_model
 from common.partition import DataSplit
 from server_app.reporting import RunRecorder
@@ -103,6 +105,24 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
         atomic_write_json(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_atomic_write_keeps_the_replaced_files_mode_and_gives_new_files_the_umasks(
+    tmp_path,
+):
+    # mkstemp creates 0600; a README rewritten that way stopped a docker build
+    # whose user does not own the checkout.
+    fresh = tmp_path / "new.txt"
+    atomic_write_text(fresh, "a")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+    for mode in (0o664, 0o600):
+        kept = tmp_path / f"kept-{mode:o}.txt"
+        kept.write_text("x")
+        kept.chmod(mode)
+        atomic_write_text(kept, "y")
+        assert stat.S_IMODE(kept.stat().st_mode) == mode and kept.read_text() == "y"
 
 
 def test_evaluate_per_class_accuracy_hand_computed():
