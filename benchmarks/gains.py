@@ -112,6 +112,14 @@ def scenario_mde(
     return out
 
 
+def seeds_needed(
+    rows: list[dict[str, Any]], scenario: str, target: float = TARGET_MDE
+) -> tuple[float | None, int | None]:
+    """A scenario's pooled paired std and the seeds that reach an MDE of ``target``."""
+    pooled, _ = pooled_paired_std(rows, scenario)
+    return pooled, (seeds_for_mde(pooled, target) if pooled else None)
+
+
 def _fmt(value: float | None, signed: bool = False) -> str:
     if value is None:
         return ""
@@ -143,8 +151,7 @@ def gains_markdown(rows: list[dict[str, Any]]) -> str:
         part = [r for r in rows if r["scenario"] == scenario]
         ref = next(r for r in part if r["verdict"] == "reference")
         mde = _fmt(ref["mde"]) or "n/a (fewer than 2 seeds)"
-        pooled, _ = pooled_paired_std(rows, scenario)
-        needed = seeds_for_mde(pooled, TARGET_MDE) if pooled else None
+        pooled, needed = seeds_needed(rows, scenario)
         reach = (
             f"; at this spread (pooled paired std {pooled:.2f}) {needed} seeds "
             f"reach an MDE of {TARGET_MDE:g}"
@@ -201,13 +208,12 @@ def plain_reading(rows: list[dict[str, Any]], target: float = TARGET_MDE) -> str
         if open_:
             said.append("not resolved (the interval contains 0): " + ", ".join(open_))
         mde = ref["mde"]
-        pooled, _ = pooled_paired_std(rows, scenario)
         if mde is None:
             reach = "no MDE (fewer than 2 seeds)"
         elif mde <= target:
             reach = f"MDE {mde:.1f} points, within the {target:g}-point target"
         else:
-            needed = seeds_for_mde(pooled, target) if pooled else None
+            _, needed = seeds_needed(rows, scenario, target)
             more = f"; about {needed} seeds would reach it" if needed else ""
             reach = (
                 f"MDE {mde:.1f} points, above the {target:g}-point target: a true "

@@ -101,7 +101,10 @@ def test_the_plain_reading_says_what_is_resolved_and_whether_the_mde_is_met(tmp_
     }
     text = plain_reading(gains_rows(runs, k=2), target=3.0)
     half = 4.302653 * 1 / math.sqrt(3)  # paired std 1 for up and down
-    assert f"resolved better than FedAvg: up (+11.0 [{11 - half:+.1f}, {11 + half:+.1f}])" in text
+    assert (
+        f"resolved better than FedAvg: up (+11.0 [{11 - half:+.1f}, {11 + half:+.1f}])"
+        in text
+    )
     assert "resolved worse than FedAvg: down (-11.0 [" in text
     assert "not resolved (the interval contains 0): flat" in text
     # pooled paired std sqrt((1 + 1 + 4) / 3) = sqrt(2) over 3 seeds
