@@ -126,7 +126,9 @@ def last_rounds_accuracy(run_dir: Path, k: int = LAST_K) -> float:
 # evaluation batch size changes float rounding alone (a trained model scored
 # at 64, 128, 256 and 1000 images per batch: the same accuracy, losses equal
 # to 8 digits).
-RESULT_NEUTRAL_KEYS = ("output-dir", "eval-batch-size")
+# Keys that change no primary result: where outputs go, the evaluation's batch
+# size, and whether the as-aggregated score is recorded beside the primary one.
+RESULT_NEUTRAL_KEYS = ("output-dir", "eval-batch-size", "eval-aggregated-too")
 
 
 def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:

@@ -66,6 +66,9 @@ PAPER_PROTOCOL: dict[str, Any] = {
     "augment": True,
     "max-samples-per-client": 0,
     "guidance-model": "Stable Diffusion (1.5 or 2.1)",
+    # The papers score the global model as aggregated, BatchNorm statistics
+    # included (0: none recomputed).
+    "eval-bn-images": 0,
 }
 PAPER_SCENARIOS = ("dir0.05", "dir0.2", "dir0.5", "extreme")
 PAPER_SEEDS = 1  # FedDifRC's code: one run, seed 7

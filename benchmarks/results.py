@@ -124,6 +124,8 @@ def given_config(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {}
     if args.device:
         given["device"] = args.device
+    if getattr(args, "eval_aggregated_too", False):
+        given["eval-aggregated-too"] = True
     for key in ("guidance-model", "data-root"):
         value = getattr(args, key.replace("-", "_"))
         if value:
@@ -292,6 +294,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--device", default=None, help="override the profile's device")
+    p.add_argument(
+        "--eval-aggregated-too",
+        action="store_true",
+        help="with a profile that recomputes BatchNorm statistics (eval-bn-images): "
+        "also record each round's score as aggregated, to compare the two "
+        "measurements on the same runs (python -m benchmarks.bn_measurement)",
+    )
     p.add_argument(
         "--skip-perf",
         action="store_true",

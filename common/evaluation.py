@@ -8,6 +8,7 @@ best-round accuracy (the papers report best-round).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,37 @@ class EvalResult:
     loss: float
     per_class_accuracy: list[float]
     num_examples: int
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` keeps BatchNorm running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def recalibrated_copy(
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are recomputed on ``images``.
+
+    Training uses each batch's own statistics; the running statistics only
+    matter when a model is scored. FedAvg averages them across clients, and
+    under label skew that average describes no client's features (the
+    pooled variance also lacks the spread between the clients' means), so
+    the global weights get scored with the wrong normalisation. Recomputing
+    them on unlabelled images (torch's ``update_bn``, as SWA does after
+    averaging weights; Izmailov et al., UAI 2018) scores the weights the
+    federation produced. No labels are used, and the weights are untouched.
+    """
+    scored = copy.deepcopy(model).to(device)
+    batches = [
+        images[start : start + batch_size].to(device)
+        for start in range(0, len(images), batch_size)
+    ]
+    torch.optim.swa_utils.update_bn(batches, scored)
+    return scored.eval()
 
 
 @torch.no_grad()

@@ -124,6 +124,7 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
         spec.num_classes,
         cfg.model.width,
         spec.image_size,
+        cfg.model.norm,
     )
     if cfg.method_info.guided:  # a projector the guided terms see (optional)
         attach_guidance_head(model, cfg.guidance.head)

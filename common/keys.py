@@ -94,6 +94,10 @@ EVAL_ACCURACY = "eval-accuracy"
 # Server-side (central) evaluation metrics
 CENTRAL_ACCURACY = "central-accuracy"
 CENTRAL_LOSS = "central-loss"
+# With eval-bn-images and eval-aggregated-too: the same round's score with
+# BatchNorm statistics as aggregated (central-accuracy then has them recomputed).
+CENTRAL_ACCURACY_AGGREGATED = "central-accuracy-aggregated"
+CENTRAL_LOSS_AGGREGATED = "central-loss-aggregated"
 
 # Node-local state (context.state) on the client
 PREV_LOCAL_MODEL = "prev-local-model"  # MOON's z_prev comes from this model

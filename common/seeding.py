@@ -20,6 +20,9 @@ FEDDDPM_CORRECTION = 17
 """FedDDPM(+)'s server fine-tune of the aggregated U-Net, per round."""
 ADAPT_FINETUNE = 23
 """fedavg-adapt(+)'s server fine-tune of the aggregated classifier, per round."""
+EVAL_BN_SLICE = 13
+"""The public images the central evaluation recomputes BatchNorm statistics
+on (``eval-bn-images``), mixed as (seed, SALT)."""
 HELDOUT_SLICE = 11
 """The seeded slice of the public split the server checks itself on (trigger
 loss, adaptation validation) and FedDDPM+'s probe noise."""

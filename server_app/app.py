@@ -11,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from common import keys, seeding
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset, to_float
-from common.evaluation import evaluate, linear_probe
+from common.evaluation import evaluate, linear_probe, recalibrated_copy
 from common.federation import (
     data_split,
     local_training_config,
@@ -73,10 +73,16 @@ def main(grid: Grid, context: Context) -> None:
         else None
     )
 
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        recorder.check_round_trained(server_round)
-        t0 = time.perf_counter()
-        model.load_state_dict(arrays.to_torch_state_dict())
+    # eval-bn-images: unlabelled public images the scored copy's BatchNorm
+    # statistics are recomputed on (common.evaluation.recalibrated_copy).
+    bn_images = None
+    if cfg.runtime.eval_bn_images > 0:
+        bn_slice = split.public_slice(
+            cfg.runtime.eval_bn_images, cfg.seed, seeding.EVAL_BN_SLICE
+        )
+        bn_images = to_float(train_set.images[torch.from_numpy(bn_slice)], spec)
+
+    def score(scored_model: torch.nn.Module):
         scored = (
             test_images,
             test_labels,
@@ -84,10 +90,24 @@ def main(grid: Grid, context: Context) -> None:
             cfg.runtime.eval_batch_size,
         )
         if probe is not None:
-            result = linear_probe(model, *probe, *scored, device)
+            return linear_probe(scored_model, *probe, *scored, device)
+        return evaluate(scored_model, *scored, device)
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        recorder.check_round_trained(server_round)
+        t0 = time.perf_counter()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        aggregated = None
+        if bn_images is None:
+            result = score(model)
         else:
-            result = evaluate(model, *scored, device)
-        recorder.record_round(server_round, result, time.perf_counter() - t0)
+            batch = cfg.runtime.eval_batch_size
+            result = score(recalibrated_copy(model, bn_images, batch, device))
+            if cfg.runtime.eval_aggregated_too:
+                aggregated = score(model)
+        recorder.record_round(
+            server_round, result, time.perf_counter() - t0, aggregated
+        )
         recorder.checkpoint(server_round, arrays, strategy)
         return MetricRecord(
             {keys.CENTRAL_ACCURACY: result.accuracy, keys.CENTRAL_LOSS: result.loss}

@@ -255,9 +255,18 @@ class RunRecorder:
             )
 
     def record_round(
-        self, server_round: int, result: EvalResult, eval_seconds: float
+        self,
+        server_round: int,
+        result: EvalResult,
+        eval_seconds: float,
+        aggregated: EvalResult | None = None,
     ) -> None:
-        """Append the round's metrics line, redraw the curve, print one line."""
+        """Append the round's metrics line, redraw the curve, print one line.
+
+        ``aggregated``: with ``eval-bn-images`` and ``eval-aggregated-too``,
+        the same weights scored with their BatchNorm statistics as aggregated
+        (``result`` then has them recomputed on public images).
+        """
         now = time.perf_counter()
         self.rounds.append(server_round)
         self.accuracy.append(result.accuracy)
@@ -272,6 +281,10 @@ class RunRecorder:
             "elapsed-seconds": now - self._t_start,
             "train": self._pending_train,
         }
+        if aggregated is not None:
+            row[keys.CENTRAL_ACCURACY_AGGREGATED] = aggregated.accuracy
+            row[keys.CENTRAL_LOSS_AGGREGATED] = aggregated.loss
+            row["per-class-accuracy-aggregated"] = aggregated.per_class_accuracy
         if self._pending_validation:
             row["validation"] = self._pending_validation
         if self._pending_server:

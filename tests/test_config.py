@@ -141,6 +141,17 @@ def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
             {"guidance-service-insecure": "yes"},
             "guidance-service-insecure.*true or false",
         ),
+        ({"model-norm": "layer"}, "model-norm.*valid: batch, group"),
+        ({"eval-bn-images": -1}, "eval-bn-images.*>= 0"),
+        (
+            {"eval-bn-images": 20000, "public-split-size": 1000},
+            "eval-bn-images=20000.*public-split-size=1000",
+        ),
+        (
+            {"eval-bn-images": 100, "model-norm": "group"},
+            "model-norm='group' has none",
+        ),
+        ({"eval-aggregated-too": True}, "eval-aggregated-too.*eval-bn-images > 0"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_key(defaults, override, message):

@@ -35,3 +35,32 @@ def test_probe_is_near_chance_when_fit_labels_carry_no_signal():
     shuffled = y_fit[torch.randperm(300, generator=torch.Generator().manual_seed(2))]
     result = linear_probe(Identity(), x_fit, shuffled, x_test, y_test, 3)
     assert result.accuracy < 0.6
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten())
+
+
+def test_recalibrated_copy_holds_the_images_statistics_and_leaves_the_model():
+    from common.evaluation import has_batchnorm, recalibrated_copy
+
+    model = _bn_net()
+    with torch.no_grad():  # running stats as if averaged over skewed clients
+        model[1].running_mean.fill_(5.0)
+        model[1].running_var.fill_(0.01)
+    images = torch.randn(70, 1, 6, 6) * 2 + 1
+    scored = recalibrated_copy(model, images, batch_size=32)
+    # By hand: update_bn's cumulative average (momentum None) gives each of
+    # the 3 batches (32, 32, 6 images) the same weight; variances unbiased.
+    with torch.no_grad():
+        feats = model[0](images)
+    batches = [feats[s : s + 32] for s in (0, 32, 64)]
+    mean = sum(b.mean((0, 2, 3)) for b in batches) / 3
+    var = sum(b.transpose(0, 1).flatten(1).var(1) for b in batches) / 3
+    torch.testing.assert_close(scored[1].running_mean, mean)
+    torch.testing.assert_close(scored[1].running_var, var)
+    assert not scored.training
+    assert torch.all(model[1].running_mean == 5.0)  # the original is untouched
+    assert torch.all(model[1].running_var == 0.01)
+    assert has_batchnorm(model) and not has_batchnorm(nn.Linear(2, 2))

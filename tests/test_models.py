@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from common.models import MODELS, build_model
 from tests.conftest import APP_DIR
@@ -40,6 +41,7 @@ def test_client_models_train_at_small_and_large_widths(width):
     (make_model keeps those NCHW); a subprocess, so an abort fails one test."""
     code = f"""
 import torch
+from torch import nn
 from common.config import RunConfig
 from common.federation import make_model
 from pathlib import Path
@@ -62,3 +64,22 @@ print(all(p.is_contiguous() for p in model.parameters()))  # NCHW
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(width < 8)
+
+
+@pytest.mark.parametrize("name", ["resnet10", "mobilenetv2"])
+def test_group_norm_models_keep_no_running_statistics(name):
+    from common.models import build_model
+
+    model = build_model(name, 1, 10, 16, 28, norm="group")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert not any("running_mean" in k for k in model.state_dict())
+    out = model(torch.randn(2, 1, 28, 28))
+    assert out.logits.shape == (2, 10)
+
+
+def test_unknown_norm_lists_valid_ones():
+    from common.models import build_model
+
+    with pytest.raises(ValueError, match="valid: batch, group"):
+        build_model("resnet10", 1, 10, 16, 28, norm="layer")

@@ -197,6 +197,23 @@ class RunConfig:
                 "run-config 'feddifrc-features' = 'latent-upload' needs method "
                 f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
+        bn_images = self.runtime.eval_bn_images
+        if bn_images > self.data.public_split_size:
+            raise ConfigError(
+                f"eval-bn-images={bn_images} asks for more public images than "
+                f"public-split-size={self.data.public_split_size}: use at most "
+                "that many, or 0 to score BatchNorm statistics as aggregated"
+            )
+        if bn_images > 0 and self.model.norm != "batch":
+            raise ConfigError(
+                f"eval-bn-images={bn_images} recomputes BatchNorm statistics, but "
+                f"model-norm='{self.model.norm}' has none: set eval-bn-images = 0"
+            )
+        if self.runtime.eval_aggregated_too and bn_images == 0:
+            raise ConfigError(
+                "eval-aggregated-too = true compares against eval-bn-images > 0; "
+                "with eval-bn-images = 0 the central score is already as aggregated"
+            )
         if method.section == "fedddpm":
             self.fedddpm.validate_for(
                 self.method,

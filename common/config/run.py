@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from common.config.fields import check, keyed, one_of
 from common.datasets import DATASETS
-from common.models import MODELS
+from common.models import MODELS, NORMS
 from common.partition import PARTITIONERS
 
 
@@ -126,14 +126,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The client model: architecture and ResNet-10 base width."""
+    """The client model: architecture, ResNet-10 base width, normalisation."""
 
     name: str = keyed("resnet10", "model")
     width: int = keyed(16, "model-width")
+    # batch (the papers') or group (common.models.NORMS: no running statistics
+    # to average, which under label skew match no client's data).
+    norm: str = keyed("batch", "model-norm")
 
     def validate(self) -> None:
         one_of("model", self.name, MODELS)
         check(self.width >= 1, "model-width", self.width, "an int >= 1")
+        one_of("model-norm", self.norm, NORMS)
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,13 @@ class RuntimeConfig:
     checkpoint_every: int = 0
     resume: str = ""  # a run folder to continue from its last complete round
     tensorboard: bool = False  # also write TensorBoard event files
+    # Central evaluation (common.evaluation.recalibrated_copy): N > 0 scores
+    # the global weights with BatchNorm statistics recomputed on N unlabelled
+    # images of the server's public split instead of the clients' averaged
+    # ones (0: as aggregated, the papers'). eval-aggregated-too also records
+    # the as-aggregated score, to compare the two on the same run.
+    eval_bn_images: int = 0
+    eval_aggregated_too: bool = False
 
     def validate(self) -> None:
         check(
@@ -171,6 +182,12 @@ class RuntimeConfig:
         )
         check(bool(self.output_dir), "output-dir", self.output_dir, "a non-empty path")
         one_of("autocast", self.autocast, ("none", "bf16"))
+        check(
+            self.eval_bn_images >= 0,
+            "eval-bn-images",
+            self.eval_bn_images,
+            "an int >= 0 (0 = BatchNorm statistics as aggregated)",
+        )
         check(
             self.checkpoint_every >= 0,
             "checkpoint-every",
