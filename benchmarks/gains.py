@@ -24,6 +24,7 @@ from typing import Any
 
 from benchmarks.matrix import last_rounds_accuracy
 from benchmarks.stats import minimum_detectable_effect, paired_gain, seeds_for_mde
+from common import keys
 from common.io import atomic_write_text
 
 TARGET_MDE = 3.0  # points: the effect the decisive profile must be able to resolve
@@ -42,19 +43,24 @@ COLUMNS = (
 )
 
 
-def last_k_accuracy(run_dir: Path, k: int) -> float:
+def last_k_accuracy(run_dir: Path, k: int, metric: str = keys.CENTRAL_ACCURACY) -> float:
     """Mean central test accuracy (%) of a run's last ``k`` trained rounds."""
-    return 100 * last_rounds_accuracy(run_dir, k)
+    return 100 * last_rounds_accuracy(run_dir, k, metric)
 
 
 def gains_rows(
     runs: Mapping[tuple[str, str], Mapping[int, Path]],
     k: int,
     reference: str = "fedavg",
+    metric: str = keys.CENTRAL_ACCURACY,
 ) -> list[dict[str, Any]]:
-    """One row per (scenario, method), in the order of ``runs``; points."""
+    """One row per (scenario, method), in the order of ``runs``; points.
+
+    ``metric``: which score of the metrics lines (the primary one, or the
+    as-aggregated one of ``eval-aggregated-too`` runs).
+    """
     stat = {
-        key: {s: last_k_accuracy(d, k) for s, d in seeds.items()}
+        key: {s: last_k_accuracy(d, k, metric) for s, d in seeds.items()}
         for key, seeds in runs.items()
     }
     rows = []

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import keys
 from common.config import RunConfig
 from common.methods import UnknownMethodError, get_method
 from deploy.local_sim import resolve_config, run_simulation
@@ -51,6 +52,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-classifier": "visual",
         "anchor-etf-mix": 0.5,
         "kd-form": "classes",
+    },
+    # The loss control: FedAvg's own linear head with FedETF's balanced
+    # softmax. What a prior-corrected method gains above it is its own.
+    "fedavg-balanced": {"method": "fedavg", "ce-loss": "balanced"},
+    # The diffusion anchors as the fixed classifier, now with the balanced
+    # loss: against fedetf, that isolates the anchors from the random frame.
+    "semanticfl-anchors-balanced": {
+        "method": "semanticfl",
+        "anchor-classifier": "visual",
+        "anchor-etf-mix": 0.5,
+        "kd-form": "classes",
+        "ce-loss": "balanced",
     },
 }
 
@@ -108,27 +121,39 @@ def round_times(run_dir: Path) -> tuple[float, float]:
     return statistics.median(whole), statistics.median(train)
 
 
-def last_rounds_accuracy(run_dir: Path, k: int = LAST_K) -> float:
+def last_rounds_accuracy(
+    run_dir: Path, k: int = LAST_K, metric: str = keys.CENTRAL_ACCURACY
+) -> float:
     """Mean central test accuracy (fraction) of the last ``k`` trained rounds.
 
     Under strong skew the global model's accuracy swings by several points
     from one round to the next, so one round (final or best) is a noisy pick;
-    this is a steadier summary, reported next to both.
+    this is a steadier summary, reported next to both. ``metric``: the
+    metrics line's key (``central-accuracy-aggregated``: the as-aggregated
+    score a run with ``eval-aggregated-too`` records beside the primary one).
     """
     rows = _rounds(run_dir)
     if len(rows) < k:
         raise ValueError(f"{run_dir}: {len(rows)} trained rounds, fewer than K={k}")
-    return statistics.fmean(r["central-accuracy"] for r in rows[-k:])
+    missing = [r["round"] for r in rows[-k:] if metric not in r]
+    if missing:
+        raise ValueError(f"{run_dir}: rounds {missing} have no {metric!r}")
+    return statistics.fmean(r[metric] for r in rows[-k:])
 
 
 # Keys that change where a run writes or how fast it goes, not what it
-# computes: a finished cell that differs only in them is reused. The
-# evaluation batch size changes float rounding alone (a trained model scored
-# at 64, 128, 256 and 1000 images per batch: the same accuracy, losses equal
-# to 8 digits).
-# Keys that change no primary result: where outputs go, the evaluation's batch
-# size, and whether the as-aggregated score is recorded beside the primary one.
-RESULT_NEUTRAL_KEYS = ("output-dir", "eval-batch-size", "eval-aggregated-too")
+# computes: a finished cell that differs only in them is reused. Where outputs
+# and the feature cache go (a checkout elsewhere reuses the cells); the
+# evaluation batch size, which changes float rounding alone (a trained model
+# scored at 64, 128, 256 and 1000 images per batch: the same accuracy, losses
+# equal to 8 digits); whether the as-aggregated score is recorded beside the
+# primary one.
+RESULT_NEUTRAL_KEYS = (
+    "output-dir",
+    "feature-store",
+    "eval-batch-size",
+    "eval-aggregated-too",
+)
 
 
 def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:

@@ -164,12 +164,15 @@ def describe_device(device: torch.device | str) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def local_training_config(cfg: RunConfig) -> dict[str, float | int]:
+def local_training_config(cfg: RunConfig) -> dict[str, float | int | bool]:
     """The local-SGD settings the server sends in every train config."""
-    return {
+    config: dict[str, float | int | bool] = {
         keys.LR: cfg.sgd.learning_rate,
         keys.MOMENTUM: cfg.sgd.momentum,
         keys.WEIGHT_DECAY: cfg.sgd.weight_decay,
         keys.LOCAL_EPOCHS: cfg.sgd.local_epochs,
         keys.BATCH_SIZE: cfg.sgd.batch_size,
     }
+    if cfg.sgd.ce_loss == "balanced":  # sent only when on, as FedETF sends it
+        config[keys.BALANCED_CE] = True
+    return config

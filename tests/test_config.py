@@ -142,6 +142,7 @@ def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
             "guidance-service-insecure.*true or false",
         ),
         ({"model-norm": "layer"}, "model-norm.*valid: batch, group"),
+        ({"ce-loss": "focal"}, "ce-loss.*valid: balanced, ce"),
         ({"eval-bn-images": -1}, "eval-bn-images.*>= 0"),
         (
             {"eval-bn-images": 20000, "public-split-size": 1000},

@@ -106,3 +106,21 @@ def test_a_one_class_client_has_zero_balanced_loss_but_not_zero_ce():
     counts = torch.bincount(y, minlength=10)
     assert balanced_softmax_ce(logits, y, counts).item() == 0.0
     assert F.cross_entropy(logits, y).item() > 0.1
+
+
+def test_ce_loss_balanced_sends_the_balanced_loss_for_any_classifier_method(defaults):
+    from common import keys
+    from common.config import ConfigError
+    from common.federation import local_training_config
+
+    for method in ("fedavg", "moon", "semanticfl"):
+        cfg = RunConfig.from_run_config({**defaults, "method": method, "ce-loss": "balanced"})
+        assert local_training_config(cfg)[keys.BALANCED_CE] is True
+    plain = RunConfig.from_run_config({**defaults, "method": "fedavg"})
+    assert keys.BALANCED_CE not in local_training_config(plain)
+    with pytest.raises(ConfigError, match="contradicts etf-loss"):
+        RunConfig.from_run_config(
+            {**defaults, "method": "fedetf", "etf-loss": "ce", "ce-loss": "balanced"}
+        )
+    with pytest.raises(ConfigError, match="trains a diffusion model"):
+        RunConfig.from_run_config({**defaults, "method": "fedddpm", "ce-loss": "balanced"})

@@ -121,3 +121,32 @@ def test_the_controls_complete_in_a_real_federation(method, tmp_path):
         record = json.loads((result.run_dir / "guidance.json").read_text())
         assert record["public-images"] == 800 and record["validation-images"] == 200
     assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)
+
+
+def test_balanced_fedavg_scored_both_ways_in_a_real_federation(tmp_path):
+    """ce-loss = balanced (FedAvg with the balanced softmax, the loss control)
+    and eval-bn-images with eval-aggregated-too: a real run completes and
+    records, every round, the score with BatchNorm statistics recomputed on
+    public images and the same weights' score as aggregated."""
+    result = run_simulation(
+        APP_DIR,
+        {
+            **SMALL_RUN,
+            "method": "fedavg",
+            "ce-loss": "balanced",
+            "public-split-size": 1000,
+            "eval-bn-images": 300,
+            "eval-aggregated-too": True,
+            "output-dir": str(tmp_path),
+        },
+        stream=False,
+        timeout=600,
+    )
+    assert result.status == "finished:completed", result.output[-3000:]
+    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["central-accuracy"] > 0.2, rows[-1]  # chance is 0.1
+    assert all("central-accuracy-aggregated" in r for r in rows)
+    # Different statistics, different losses (the weights are the same).
+    assert any(r["central-loss"] != r["central-loss-aggregated"] for r in rows[1:])
+    assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)

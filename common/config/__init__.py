@@ -197,6 +197,22 @@ class RunConfig:
                 "run-config 'feddifrc-features' = 'latent-upload' needs method "
                 f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
+        if self.sgd.ce_loss == "balanced":
+            if method.model != "classifier":
+                raise ConfigError(
+                    f"ce-loss = 'balanced' is a classifier loss; method "
+                    f"'{self.method}' trains a diffusion model: use ce-loss = 'ce'"
+                )
+            if self.feddifrc.self_supervised:
+                raise ConfigError(
+                    "ce-loss = 'balanced' with self-supervised = true: a "
+                    "self-supervised run has no cross-entropy to balance"
+                )
+            if self.method == "fedetf" and self.baselines.etf_loss == "ce":
+                raise ConfigError(
+                    "ce-loss = 'balanced' contradicts etf-loss = 'ce' for "
+                    "fedetf: FedETF's loss is set by etf-loss alone"
+                )
         bn_images = self.runtime.eval_bn_images
         if bn_images > self.data.public_split_size:
             raise ConfigError(

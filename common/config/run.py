@@ -57,8 +57,16 @@ class SGDConfig:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-5
+    # The clients' classification loss: "ce" (every paper's but FedETF's) or
+    # "balanced", the balanced softmax (Ren et al., NeurIPS 2020; FedETF's
+    # local loss): the client's log class prior added to the logits, so a
+    # client stops pushing the classes it never sees toward zero. Any
+    # classifier method takes it; it is the control that separates a
+    # method's own ingredients from the loss (docs/methods.md).
+    ce_loss: str = "ce"
 
     def validate(self) -> None:
+        one_of("ce-loss", self.ce_loss, ("ce", "balanced"))
         check(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an int >= 1")
         check(self.batch_size >= 1, "batch-size", self.batch_size, "an int >= 1")
         check(
