@@ -52,22 +52,37 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in (json.loads(x) for x in lines if x.strip()) if r["round"] >= 1]
 
 
-def paired_cells(runs_dir: Path, k: int) -> dict[tuple[str, str], dict[int, Path]]:
-    """(scenario, method) -> {seed: run folder} of finished cells with both scores.
+def has_both_scores(run_dir: Path, k: int) -> bool:
+    """Whether a finished run's last ``k`` rounds all hold both scores."""
+    if not (run_dir / "summary.json").exists():
+        return False
+    rows = _metrics(run_dir)[-k:]
+    return len(rows) == k and all(keys.CENTRAL_ACCURACY_AGGREGATED in r for r in rows)
 
-    A cell counts only when its last ``k`` rounds all hold both scores.
-    """
+
+def with_both_scores(
+    cells: Mapping[tuple[str, str], Mapping[int, Path]], k: int
+) -> dict[tuple[str, str], dict[int, Path]]:
+    """The cells of ``cells`` ((scenario, method) -> {seed: run folder}) that
+    recorded both scores in their last ``k`` rounds."""
     out: dict[tuple[str, str], dict[int, Path]] = {}
+    for key, seeds in cells.items():
+        kept = {s: d for s, d in seeds.items() if has_both_scores(d, k)}
+        if kept:
+            out[key] = kept
+    return out
+
+
+def paired_cells(runs_dir: Path, k: int) -> dict[tuple[str, str], dict[int, Path]]:
+    """(scenario, method) -> {seed: run folder} of the cells under ``runs_dir``
+    (named as the matrix names them) that recorded both scores."""
+    cells: dict[tuple[str, str], dict[int, Path]] = {}
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         match = RUN_NAME.match(run_dir.name)
-        if not match or not (run_dir / "summary.json").exists():
-            continue
-        rows = _metrics(run_dir)[-k:]
-        if len(rows) < k or any(keys.CENTRAL_ACCURACY_AGGREGATED not in r for r in rows):
-            continue
-        key = (match["scenario"], match["method"])
-        out.setdefault(key, {})[int(match["seed"])] = run_dir
-    return out
+        if match:
+            key = (match["scenario"], match["method"])
+            cells.setdefault(key, {})[int(match["seed"])] = run_dir
+    return with_both_scores(cells, k)
 
 
 def round_swing(run_dir: Path, k: int, metric: str) -> float:
@@ -119,9 +134,7 @@ def markdown(tables: dict[str, list[dict[str, Any]]], k: int) -> str:
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in rec):
         pairs = [
-            (a, r)
-            for a, r in zip(agg, rec, strict=True)
-            if r["scenario"] == scenario
+            (a, r) for a, r in zip(agg, rec, strict=True) if r["scenario"] == scenario
         ]
         n = pairs[0][1]["seeds"]
         out.append(

@@ -43,7 +43,9 @@ COLUMNS = (
 )
 
 
-def last_k_accuracy(run_dir: Path, k: int, metric: str = keys.CENTRAL_ACCURACY) -> float:
+def last_k_accuracy(
+    run_dir: Path, k: int, metric: str = keys.CENTRAL_ACCURACY
+) -> float:
     """Mean central test accuracy (%) of a run's last ``k`` trained rounds."""
     return 100 * last_rounds_accuracy(run_dir, k, metric)
 

@@ -263,6 +263,13 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
         )
         if report.get("reading"):
             out.write("**Reading.** " + report["reading"])
+        if report.get("bn_measurement"):
+            path = report["bn_measurement"]
+            out.write(
+                "\nThe same runs scored with BatchNorm statistics as aggregated "
+                f"(the papers' measurement) beside the primary one: [{path}]"
+                f"({link(path)}).\n"
+            )
     out.write(
         "\n**Final-round accuracy (%)**, mean ± std (gain over FedAvg, points):\n\n"
         + report["tables"]["final"]

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gains, perf, report
+from benchmarks import bn_measurement, gains, perf, report
 from benchmarks.machine import hardware
 from benchmarks.matrix import (
     APP_DIR,
@@ -210,6 +210,13 @@ def build_report(
         by_seed.setdefault((r["scenario"], r["method"]), {})[r["seed"]] = run_dir(r)
     table = gains.gains_rows(by_seed, profile.last_k, REFERENCE)
     gains.write_gains_csv(table, out / "gains.csv")
+    # Cells run with --eval-aggregated-too: both BatchNorm measurements compared.
+    both = bn_measurement.with_both_scores(by_seed, profile.last_k)
+    bn_text = ""
+    if any(method == REFERENCE for _, method in both):
+        tables = bn_measurement.compare(both, profile.last_k, REFERENCE)
+        bn_text = bn_measurement.markdown(tables, profile.last_k)
+        atomic_write_text(out / "bn-measurement.md", bn_text)
     plots.insert(0, gains.plot_gains(table, out / "plots" / "gains.png"))
     settings = profile.settings()
     paper = {**PAPER_PROTOCOL, "scenarios": ", ".join(PAPER_SCENARIOS),
@@ -239,6 +246,7 @@ def build_report(
         "last_k": profile.last_k,
         "gains": table,
         "reading": gains.plain_reading(table),
+        "bn_measurement": _repo_path(out / "bn-measurement.md") if bn_text else "",
         "gains_csv": _repo_path(out / "gains.csv"),
         "tables": {
             "gains": gains.gains_markdown(table),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,37 @@ def run_folder(cfg: RunConfig) -> Path:
         return Path(cfg.runtime.resume).expanduser().resolve()
     name = cfg.runtime.run_name or default_run_name(cfg)
     return Path(cfg.runtime.output_dir).expanduser().resolve() / name
+
+
+# A train metric of a weighted loss term -> its weight in the run config.
+# (FedProx's term is logged with its mu already applied.)
+TERM_WEIGHTS: dict[str, Callable[[RunConfig], float]] = {
+    keys.TRAIN_MOON: lambda cfg: cfg.baselines.moon_mu,
+    keys.TRAIN_TDCL: lambda cfg: cfg.feddifrc.tdcl_weight,
+    keys.TRAIN_NDCR: lambda cfg: cfg.feddifrc.ndcr_weight,
+    keys.TRAIN_KD: lambda cfg: cfg.semanticfl.kd_weight,
+    keys.TRAIN_CON: lambda cfg: cfg.semanticfl.con_weight,
+}
+
+
+def term_scales(train: dict[str, Any], cfg: RunConfig) -> str:
+    """The round's loss terms beside cross-entropy, for the console line.
+
+    ``"ce 0.412, kd 0.120 x 1, con 2.103 x 0.01"``: each method term's mean
+    value and its weight, so a term too small to matter (or one that swamps
+    cross-entropy) shows while the run goes. Empty when only CE ran.
+    """
+    parts = []
+    if train.get(keys.TRAIN_PROX):
+        parts.append(f"prox {train[keys.TRAIN_PROX]:.4g} (x mu)")
+    for key, weight in TERM_WEIGHTS.items():
+        if train.get(key):
+            parts.append(
+                f"{key.removeprefix('train-')} {train[key]:.3f} x {weight(cfg):g}"
+            )
+    if not parts:
+        return ""
+    return f"ce {train.get(keys.TRAIN_CE, 0.0):.3f}, " + ", ".join(parts)
 
 
 class RunRecorder:
@@ -299,11 +331,12 @@ class RunRecorder:
                 self.dir / "accuracy.png",
             )
         train_loss = self._pending_train.get(keys.TRAIN_LOSS)
+        terms = term_scales(self._pending_train, self.cfg)
         val_acc = self.validation[-1]
         log(
             INFO,
             "[round %d/%d] test accuracy %.2f%% | test loss %.4f | best %.2f%% (round %d)"
-            " | train loss %s%s | %.1f s (eval %.1f s)",
+            " | train loss %s%s%s | %.1f s (eval %.1f s)",
             server_round,
             self.cfg.federation.num_server_rounds,
             100 * result.accuracy,
@@ -311,6 +344,7 @@ class RunRecorder:
             100 * self.accuracy[best],
             self.rounds[best],
             "-" if train_loss is None else f"{train_loss:.4f}",
+            f" ({terms})" if terms else "",
             "" if val_acc is None else f" | validation accuracy {100 * val_acc:.2f}%",
             now - self._t_last,
             eval_seconds,

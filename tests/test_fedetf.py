@@ -114,7 +114,9 @@ def test_ce_loss_balanced_sends_the_balanced_loss_for_any_classifier_method(defa
     from common.federation import local_training_config
 
     for method in ("fedavg", "moon", "semanticfl"):
-        cfg = RunConfig.from_run_config({**defaults, "method": method, "ce-loss": "balanced"})
+        cfg = RunConfig.from_run_config(
+            {**defaults, "method": method, "ce-loss": "balanced"}
+        )
         assert local_training_config(cfg)[keys.BALANCED_CE] is True
     plain = RunConfig.from_run_config({**defaults, "method": "fedavg"})
     assert keys.BALANCED_CE not in local_training_config(plain)
@@ -123,4 +125,6 @@ def test_ce_loss_balanced_sends_the_balanced_loss_for_any_classifier_method(defa
             {**defaults, "method": "fedetf", "etf-loss": "ce", "ce-loss": "balanced"}
         )
     with pytest.raises(ConfigError, match="trains a diffusion model"):
-        RunConfig.from_run_config({**defaults, "method": "fedddpm", "ce-loss": "balanced"})
+        RunConfig.from_run_config(
+            {**defaults, "method": "fedddpm", "ce-loss": "balanced"}
+        )

@@ -285,6 +285,25 @@ rec.record_round(0, EvalResult(0.5, 1.0, [0.5, 0.5], 2), eval_seconds=0.1)
     )
     assert out.returncode == 0, out.stderr
     run = tmp_path / "r"
-    assert (run / "metrics.jsonl").is_file() and (run / "partition_counts.csv").is_file()
+    assert (run / "metrics.jsonl").is_file() and (
+        run / "partition_counts.csv"
+    ).is_file()
     assert not list(run.glob("*.png"))
     assert "writes no PNG plots" in out.stderr + out.stdout
+
+
+def test_term_scales_show_each_method_term_beside_ce():
+    from common.config import RunConfig
+    from server_app.reporting import term_scales
+
+    cfg = RunConfig.from_run_config({"method": "semanticfl", "con-weight": 0.01})
+    train = {
+        "train-ce": 0.4123,
+        "train-kd": 0.12,
+        "train-con": 2.1034,
+        "train-moon": 0.0,
+    }
+    assert term_scales(train, cfg) == "ce 0.412, kd 0.120 x 1, con 2.103 x 0.01"
+    assert term_scales({"train-ce": 0.5, "train-kd": 0.0}, cfg) == ""  # CE alone
+    prox = term_scales({"train-ce": 0.5, "train-prox": 0.00123}, cfg)
+    assert prox == "ce 0.500, prox 0.00123 (x mu)"
