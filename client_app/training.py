@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from common import keys
 from common.config import BaselineConfig, FedDifRCConfig, SemanticFLConfig
+from common.federation import scheduled_lr
 from common.losses import (
     anchor_distillation,
     balanced_softmax_ce,
@@ -120,8 +121,16 @@ class LocalSettings:
         ]
         if missing:
             raise KeyError(f"train config lacks {missing}; got keys {sorted(config)}")
+        lr = float(config[keys.LR])
+        if keys.LR_SCHEDULE in config:  # this round's rate (sent only when scheduled)
+            lr = scheduled_lr(
+                lr,
+                str(config[keys.LR_SCHEDULE]),
+                int(config[keys.SERVER_ROUND]),
+                int(config[keys.NUM_ROUNDS]),
+            )
         return cls(
-            lr=float(config[keys.LR]),
+            lr=lr,
             momentum=float(config[keys.MOMENTUM]),
             weight_decay=float(config[keys.WEIGHT_DECAY]),
             epochs=int(config[keys.LOCAL_EPOCHS]),

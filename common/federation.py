@@ -9,6 +9,7 @@ clients and keep the dataset in memory between rounds.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -175,4 +176,24 @@ def local_training_config(cfg: RunConfig) -> dict[str, float | int | bool]:
     }
     if cfg.sgd.ce_loss == "balanced":  # sent only when on, as FedETF sends it
         config[keys.BALANCED_CE] = True
+    if cfg.sgd.lr_schedule != "constant":  # the client applies it per round
+        config[keys.LR_SCHEDULE] = cfg.sgd.lr_schedule
+        config[keys.NUM_ROUNDS] = cfg.federation.num_server_rounds
     return config
+
+
+def scheduled_lr(lr: float, schedule: str, server_round: int, num_rounds: int) -> float:
+    """The clients' learning rate in ``server_round`` (1-based) of ``num_rounds``.
+
+    ``constant``: ``lr``. ``cosine``: ``lr * (1 + cos(pi * (r - 1) / R)) / 2``,
+    ``lr`` in round 1 and about ``lr * pi^2 / (4 R^2)`` in round R (the
+    half-period cosine of SGDR, Loshchilov & Hutter, ICLR 2017, stepped once
+    per round; every client of a round uses the same rate).
+    """
+    if schedule == "constant":
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr-schedule {schedule!r}; valid: constant, cosine")
+    if not 1 <= server_round <= num_rounds:
+        raise ValueError(f"round {server_round} is outside 1..{num_rounds}")
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / num_rounds))

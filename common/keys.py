@@ -18,6 +18,10 @@ MOMENTUM = "momentum"
 WEIGHT_DECAY = "weight-decay"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
+# Sent only when lr-schedule is not constant: the client scales LR by
+# common.federation.scheduled_lr(server-round, NUM_ROUNDS).
+LR_SCHEDULE = "lr-schedule"
+NUM_ROUNDS = "num-server-rounds"
 
 # Method terms injected by the strategies; a present key switches its term on
 PROXIMAL_MU = "proximal-mu"  # FedProx (Flower's FedProx injects this name)

@@ -149,9 +149,7 @@ def test_client_refuses_a_federation_of_the_wrong_size(defaults, task_identity):
 def test_client_trains_on_its_train_part_and_evaluates_on_its_validation_part(
     defaults, task_identity
 ):
-    cfg = RunConfig.from_run_config(
-        {**defaults, **SMALL, "validation-fraction": 0.25}
-    )
+    cfg = RunConfig.from_run_config({**defaults, **SMALL, "validation-fraction": 0.25})
     context = Context(
         run_id=1,
         node_id=7,
@@ -171,7 +169,9 @@ def test_client_trains_on_its_train_part_and_evaluates_on_its_validation_part(
     )
     scored = client.evaluate(msg, context).content[keys.METRICS]
     x, y = client_tensors(cfg, 3, "validation")
-    expected = evaluate(model, x, y, 10, cfg.runtime.eval_batch_size, torch.device("cpu"))
+    expected = evaluate(
+        model, x, y, 10, cfg.runtime.eval_batch_size, torch.device("cpu")
+    )
     assert scored[keys.NUM_EXAMPLES] == len(y) == 64
     assert scored[keys.EVAL_ACCURACY] == pytest.approx(expected.accuracy)
     assert scored[keys.EVAL_LOSS] == pytest.approx(expected.loss)
@@ -198,3 +198,28 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_cosine_lr_schedule_by_hand_and_applied_by_the_client():
+    from common import keys
+    from common.config import ConfigError, RunConfig
+    from common.federation import local_training_config, scheduled_lr
+    from client_app.training import LocalSettings
+
+    # lr 0.01 over R = 4 rounds: 0.01 * (1 + cos(pi (r - 1) / 4)) / 2.
+    expected = [0.01, 0.005 * (1 + 2**-0.5), 0.005, 0.005 * (1 - 2**-0.5)]
+    got = [scheduled_lr(0.01, "cosine", r, 4) for r in (1, 2, 3, 4)]
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert scheduled_lr(0.01, "constant", 3, 4) == 0.01
+    with pytest.raises(ValueError, match="outside 1..4"):
+        scheduled_lr(0.01, "cosine", 5, 4)
+
+    cfg = RunConfig.from_run_config(
+        {"method": "fedavg", "lr-schedule": "cosine", "num-server-rounds": 4}
+    )
+    sent = {**local_training_config(cfg), keys.SERVER_ROUND: 3}
+    assert LocalSettings.from_config(sent).lr == pytest.approx(0.005)
+    plain = RunConfig.from_run_config({"method": "fedavg"})
+    assert keys.LR_SCHEDULE not in local_training_config(plain)
+    with pytest.raises(ConfigError, match="lr-schedule.*valid: constant, cosine"):
+        RunConfig.from_run_config({"lr-schedule": "step"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config.fields import check, keyed, one_of
+
+LR_SCHEDULES = ("constant", "cosine")
 from common.datasets import DATASETS
 from common.models import MODELS, NORMS
 from common.partition import PARTITIONERS
@@ -64,9 +66,15 @@ class SGDConfig:
     # classifier method takes it; it is the control that separates a
     # method's own ingredients from the loss (docs/methods.md).
     ce_loss: str = "ce"
+    # The clients' learning rate over the rounds: "constant" (the papers') or
+    # "cosine" (common.federation.scheduled_lr: from learning-rate in round 1
+    # down toward 0 in the last), which damps the round-to-round swing of
+    # the global model at the end of a run.
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
         one_of("ce-loss", self.ce_loss, ("ce", "balanced"))
+        one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         check(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an int >= 1")
         check(self.batch_size >= 1, "batch-size", self.batch_size, "an int >= 1")
         check(
