@@ -201,10 +201,10 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 
 
 def test_cosine_lr_schedule_by_hand_and_applied_by_the_client():
+    from client_app.training import LocalSettings
     from common import keys
     from common.config import ConfigError, RunConfig
     from common.federation import local_training_config, scheduled_lr
-    from client_app.training import LocalSettings
 
     # lr 0.01 over R = 4 rounds: 0.01 * (1 + cos(pi (r - 1) / 4)) / 2.
     expected = [0.01, 0.005 * (1 + 2**-0.5), 0.005, 0.005 * (1 - 2**-0.5)]
