@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config.fields import check, keyed, one_of
-
-LR_SCHEDULES = ("constant", "cosine")
 from common.datasets import DATASETS
 from common.models import MODELS, NORMS
 from common.partition import PARTITIONERS
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
