@@ -24,11 +24,6 @@ class EvalResult:
     num_examples: int
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether ``model`` keeps BatchNorm running statistics."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def recalibrated_copy(
     model: nn.Module,
     images: Tensor,
