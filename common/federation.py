@@ -37,7 +37,7 @@ def partitioning(cfg: RunConfig) -> Partitioning:
         min_size=cfg.data.min_partition_size,
         max_per_client=cfg.data.max_samples_per_client,
         public_size=cfg.data.public_split_size,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.data.partition_seed < 0 else cfg.data.partition_seed,
     )
 
 

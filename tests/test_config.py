@@ -153,6 +153,7 @@ def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
             "model-norm='group' has none",
         ),
         ({"eval-aggregated-too": True}, "eval-aggregated-too.*eval-bn-images > 0"),
+        ({"partition-seed": -2}, r"partition-seed.*-1 for the run's seed"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_key(defaults, override, message):
@@ -223,3 +224,16 @@ def test_guidance_service_settings_that_are_valid(defaults, service):
     cfg = RunConfig.from_run_config({**defaults, **service})
     assert cfg.guidance.service == service["guidance-service"]
     assert RunConfig.from_run_config(defaults).guidance.service == ""  # in-process
+
+
+def test_partition_seed_fixes_the_split_while_the_seed_varies(defaults):
+    from common.federation import partitioning
+
+    def split_seed(seed: int, partition_seed: int) -> int:
+        cfg = RunConfig.from_run_config(
+            {**defaults, "seed": seed, "partition-seed": partition_seed}
+        )
+        return partitioning(cfg).seed
+
+    assert [split_seed(s, -1) for s in (0, 1, 2)] == [0, 1, 2]
+    assert [split_seed(s, 7) for s in (0, 1, 2)] == [7, 7, 7]

@@ -95,6 +95,10 @@ class DataConfig:
     longtail_rho: float = 10.0
     min_partition_size: int = 10
     max_samples_per_client: int = 3000
+    # -1: the run's seed draws the split. A fixed value keeps one split (and
+    # each client's capped sample) while the seed varies everything else, so
+    # seeds measure training noise on that split, not the luck of the split.
+    partition_seed: int = -1
     public_split_size: int = 10_000
     validation_fraction: float = 0.0
     augment: bool = False
@@ -125,6 +129,12 @@ class DataConfig:
             "max-samples-per-client",
             self.max_samples_per_client,
             "an int >= 0 (0 = no cap)",
+        )
+        check(
+            self.partition_seed >= -1,
+            "partition-seed",
+            self.partition_seed,
+            "an int >= 0, or -1 for the run's seed",
         )
         check(
             self.public_split_size >= 0,
