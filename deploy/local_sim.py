@@ -170,9 +170,14 @@ def resume_overrides(run_dir: Path | str, overrides: dict[str, Any]) -> dict[str
 def flwr_env(flwr_home: Path) -> dict[str, str]:
     """This process's environment for Flower's CLI and servers under ``flwr_home``:
     no runtime dependency installation (it would replace our pinned torch), no
-    update check, no telemetry."""
+    update check, no telemetry. This interpreter's bin folder comes first on
+    PATH: the SuperLink starts ``flower-superexec`` by name, which an
+    unactivated virtual environment (``.venv/bin/python -m ...``) would not
+    find."""
+    bin_dir = str(Path(sys.executable).parent)
     return {
         **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",

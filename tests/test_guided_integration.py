@@ -31,7 +31,6 @@ TINY_RUN = {
 @pytest.mark.parametrize(
     ("method", "extra", "term_metrics"),
     [
-        ("feddifrc", {"tdcl-negatives": 3}, ("train-tdcl", "train-ndcr")),
         ("semanticfl", {}, ("train-kd", "train-con")),
         # ours: the anchors as a fixed classifier and the distillation over
         # classes; clients also evaluate, so the frame travels in evaluate
@@ -47,8 +46,14 @@ TINY_RUN = {
             },
             ("train-kd", "train-con"),
         ),
-        # self-supervised: no CE on the clients, a linear probe on the server
-        ("feddifrc", {"self-supervised": True}, ("train-tdcl", "train-ndcr")),
+        # self-supervised (no CE on the clients, a linear probe on the server)
+        # on the simulation's feature path (the server fills the store), with
+        # K sampled negative prompts per sample
+        (
+            "feddifrc",
+            {"self-supervised": True, "tdcl-negatives": 3},
+            ("train-tdcl", "train-ndcr"),
+        ),
         # deployment's path: a query round collects VAE latents, features ride
         # in the train Messages
         (
@@ -58,7 +63,6 @@ TINY_RUN = {
         ),
     ],
     ids=[
-        "feddifrc",
         "semanticfl",
         "semanticfl-anchor-classifier",
         "feddifrc-self-supervised",

@@ -37,24 +37,6 @@ def _gone(pid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("method", ["moon"])
-def test_small_federation_completes_and_learns(method, tmp_path):
-    result = run_simulation(
-        APP_DIR,
-        {**SMALL_RUN, "method": method, "output-dir": str(tmp_path)},
-        stream=False,
-        timeout=600,
-    )
-    assert result.status == "finished:completed", result.output[-3000:]
-    rows = read_jsonl(result.run_dir / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert rows[-1]["central-accuracy"] > 0.3, rows[-1]  # chance is 0.1
-    assert rows[-1]["train"]["clients"] == 3
-    assert rows[-1]["train"]["train-moon"] > 0  # MOON's term ran on the clients
-    assert (result.run_dir / "model.safetensors").exists()
-    assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)
-
-
 def test_a_failing_run_is_reported_as_failed(tmp_path):
     # 2 SuperNodes for a 3-client split: every ClientApp refuses to train.
     result = run_simulation(
@@ -133,20 +115,25 @@ def test_the_controls_complete_in_a_real_federation(method, tmp_path):
     assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)
 
 
-def test_balanced_fedavg_scored_both_ways_in_a_real_federation(tmp_path):
-    """ce-loss = balanced (FedAvg with the balanced softmax, the loss control)
-    and eval-bn-images with eval-aggregated-too: a real run completes and
-    records, every round, the score with BatchNorm statistics recomputed on
-    public images and the same weights' score as aggregated."""
+def test_moon_with_balanced_ce_learns_and_is_scored_both_ways(tmp_path):
+    """MOON (its contrastive term on the clients) with ce-loss = balanced and
+    eval-bn-images + eval-aggregated-too, in one real run: it completes,
+    learns, and records every round the score with BatchNorm statistics
+    recomputed on public images beside the same weights' score as
+    aggregated."""
     result, rows = _completed_small_run(
         tmp_path,
         {
-            "method": "fedavg",
+            "method": "moon",
             "ce-loss": "balanced",
             "eval-bn-images": 300,
             "eval-aggregated-too": True,
         },
     )
+    assert rows[-1]["central-accuracy"] > 0.3, rows[-1]  # chance is 0.1
+    assert rows[-1]["train"]["clients"] == 3
+    assert rows[-1]["train"]["train-moon"] > 0  # MOON's term ran on the clients
+    assert (result.run_dir / "model.safetensors").exists()
     assert all("central-accuracy-aggregated" in r for r in rows)
     # Different statistics, different losses (the weights are the same).
     assert any(r["central-loss"] != r["central-loss-aggregated"] for r in rows[1:])
