@@ -3,6 +3,7 @@
 import pytest
 
 from common.config import ConfigError, RunConfig
+from common.federation import partitioning
 from common.methods import METHODS
 from server_app.strategies import strategy_class
 
@@ -227,8 +228,6 @@ def test_guidance_service_settings_that_are_valid(defaults, service):
 
 
 def test_partition_seed_fixes_the_split_while_the_seed_varies(defaults):
-    from common.federation import partitioning
-
     def split_seed(seed: int, partition_seed: int) -> int:
         cfg = RunConfig.from_run_config(
             {**defaults, "seed": seed, "partition-seed": partition_seed}

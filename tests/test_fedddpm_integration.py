@@ -30,15 +30,14 @@ TINY = {
 }
 
 
-# FedDDPM+ only: its run takes both branches (no correction in round 1, a
-# triggered one in round 2), and plain FedDDPM is the same strategy with the
-# trigger always on (tests/test_fedddpm.py), so a second real run adds ~75 s
-# of start-up and no path.
-@pytest.mark.parametrize("method", ["fedddpm+"])
-def test_fedddpm_federation_completes(method, tmp_path):
+def test_fedddpm_plus_federation_completes(tmp_path):
+    # FedDDPM+ only: its run takes both branches (no correction in round 1, a
+    # triggered one in round 2), and plain FedDDPM is the same strategy with
+    # the trigger always on (tests/test_fedddpm.py), so a second real run
+    # adds ~75 s of start-up and no path.
     result = run_simulation(
         APP_DIR,
-        {**TINY, "method": method, "output-dir": str(tmp_path), "run-name": "it"},
+        {**TINY, "method": "fedddpm+", "output-dir": str(tmp_path), "run-name": "it"},
         stream=False,
         timeout=900,
     )
