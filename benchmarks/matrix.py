@@ -65,6 +65,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-form": "classes",
         "ce-loss": "balanced",
     },
+    # The diffusion model's own zero-shot posterior of each client image
+    # distilled into the classifier (kd-form "posterior"), with plain and
+    # with balanced cross-entropy; fedavg and fedavg-balanced are the same
+    # runs without the teacher.
+    "semanticfl-zs": {"method": "semanticfl", "kd-form": "posterior"},
+    "semanticfl-zs-balanced": {
+        "method": "semanticfl",
+        "kd-form": "posterior",
+        "ce-loss": "balanced",
+    },
 }
 
 
@@ -78,7 +88,9 @@ def method_overrides(label: str) -> dict[str, Any]:
     return overrides
 
 
-LAST_K = 6  # rounds averaged in the "last rounds" accuracy (even: a 2-round cycle cancels)
+LAST_K = (
+    6  # rounds averaged in the "last rounds" accuracy (even: a 2-round cycle cancels)
+)
 
 
 @dataclass(frozen=True)
@@ -319,7 +331,13 @@ def run_matrix(
         )
         t_cell = time.perf_counter()
         row = run_cell(
-            cell, base, rounds, runs_dir, label, splits=splits, runner=runner,
+            cell,
+            base,
+            rounds,
+            runs_dir,
+            label,
+            splits=splits,
+            runner=runner,
             last_k=last_k,
         )
         if row is None:

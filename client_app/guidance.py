@@ -4,7 +4,9 @@ FedDifRC: the server filled the feature store once before round 1; a client
 reads only the shards holding its own sample indices (``FeatureStore.read``).
 With latent upload (deployment), the node's own rows arrive in a train
 Message instead (``client_app/latents.py``); both give the same layout.
-SemanticFL: the class anchors arrive in the train Message (``guidance`` record).
+SemanticFL: the class anchors arrive in the train Message (``guidance`` record);
+with ``kd-form = "posterior"`` the client also reads its rows of the zero-shot
+denoising errors from the store.
 """
 
 from __future__ import annotations
@@ -130,6 +132,26 @@ def cached_instance_features(
     return _CACHE[key]
 
 
+def zero_shot_teacher(store_path: str, indices: np.ndarray, tau: float) -> Tensor:
+    """(N, C) the diffusion model's zero-shot posterior of samples ``indices``.
+
+    From the centred denoising errors the server stored for every client
+    sample (``server_app.guidance.prepare_teacher``) and the temperature it
+    fitted on its public split; remembered across rounds in this process.
+    """
+    from diffusion_service import FeatureStore
+    from diffusion_service.zero_shot import posterior
+
+    idx = np.asarray(indices, dtype=np.int64)
+    key = (store_path, hashlib.sha256(idx.tobytes()).hexdigest(), "errors", tau)
+    if key not in _CACHE:
+        errors, _ = FeatureStore(Path(store_path)).read("errors", idx)
+        _CACHE[key] = Guidance(teacher=posterior(errors, tau))
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return _CACHE[key].teacher
+
+
 def anchors_from_message(msg: Message) -> tuple[Tensor, Tensor]:
     """SemanticFL's (text, visual) anchors, each (C, d), from the train Message."""
     if keys.GUIDANCE not in msg.content.array_records:
@@ -199,6 +221,13 @@ def guidance_for(
     """
     if not (settings.needs_instance_features or settings.needs_anchors):
         return None
+    if settings.needs_teacher and not (
+        settings.feature_store and settings.kd_teacher_tau
+    ):
+        raise KeyError(
+            "kd-form 'posterior' is on but the train config lacks the store or "
+            "the teacher's temperature"
+        )
     parts: dict[str, Tensor | None] = {}
     if settings.needs_instance_features:
         if uploaded is not None:
@@ -213,4 +242,8 @@ def guidance_for(
     if settings.needs_anchors:
         text, visual = anchors_from_message(msg)
         parts.update(text_anchors=text, visual_anchors=visual)
+    if settings.needs_teacher:
+        parts["teacher"] = zero_shot_teacher(
+            settings.feature_store, indices, settings.kd_teacher_tau
+        )
     return Guidance(**parts)

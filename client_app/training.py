@@ -30,6 +30,7 @@ from common.losses import (
     image_text_infonce,
     moon_contrastive,
     ndcr,
+    posterior_distillation,
     proximal_term,
     tdcl,
 )
@@ -92,6 +93,7 @@ class LocalSettings:
     kd_weight: float | None = None
     kd_temperature: float = SemanticFLConfig.kd_temperature
     kd_form: str = SemanticFLConfig.kd_form
+    kd_teacher_tau: float | None = None  # kd-form "posterior": the fitted temperature
     con_weight: float | None = None
     con_tau: float = SemanticFLConfig.con_tau
 
@@ -99,6 +101,11 @@ class LocalSettings:
     def needs_instance_features(self) -> bool:
         """Whether a FedDifRC term is on (it reads the feature store)."""
         return self.tdcl_weight is not None or self.ndcr_weight is not None
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the distillation reads the zero-shot posterior (the store)."""
+        return self.kd_weight is not None and self.kd_form == "posterior"
 
     @property
     def needs_anchors(self) -> bool:
@@ -155,6 +162,7 @@ class LocalSettings:
             **_term(
                 config, keys.KD_WEIGHT, {keys.KD_TEMPERATURE: float, keys.KD_FORM: str}
             ),
+            kd_teacher_tau=_opt(config, keys.KD_TEACHER_TAU),
             **_term(config, keys.CON_WEIGHT, {keys.CON_TAU: float}),
         )
 
@@ -171,6 +179,7 @@ class Guidance:
     f_noise: Tensor | None = None  # (N, d) NDCR target
     text_anchors: Tensor | None = None  # (C, d) SemanticFL T
     visual_anchors: Tensor | None = None  # (C, d) SemanticFL V
+    teacher: Tensor | None = None  # (N, C) zero-shot posterior (kd-form "posterior")
 
     def check(self, settings: LocalSettings, num_samples: int) -> None:
         """Fail clearly when a switched-on term lacks its tensors."""
@@ -179,14 +188,16 @@ class Guidance:
             need += ["f_pos", "f_neg"]
         if settings.ndcr_weight is not None:
             need += ["f_noise"]
-        if settings.kd_weight is not None:
+        if settings.needs_teacher:
+            need += ["teacher"]
+        elif settings.kd_weight is not None:
             need += ["visual_anchors"]
         if settings.con_weight is not None:
             need += ["text_anchors"]
         missing = [n for n in need if getattr(self, n) is None]
         if missing:
             raise ValueError(f"guidance lacks {missing} for the terms switched on")
-        for name in ("f_pos", "f_neg", "f_noise"):
+        for name in ("f_pos", "f_neg", "f_noise", "teacher"):
             t = getattr(self, name)
             if t is not None and len(t) != num_samples:
                 raise ValueError(
@@ -312,7 +323,9 @@ def train(
                     sums["moon"] += con.item() * len(idx)
                 # The guided terms see z through the model's projector, if it has one.
                 z_guided = head(out.embedding) if head is not None else out.embedding
-                terms = _guided_terms(z_guided, idx, y, settings, guidance, generator)
+                terms = _guided_terms(
+                    z_guided, out.logits, idx, y, settings, guidance, generator
+                )
                 for name, (weight, value) in terms.items():
                     loss = loss + weight * value
                     sums[name] += value.item() * len(idx)
@@ -355,6 +368,7 @@ def train(
 
 def _guided_terms(
     z: Tensor,
+    logits: Tensor,
     idx: Tensor,
     y: Tensor | None,
     settings: LocalSettings,
@@ -381,7 +395,10 @@ def _guided_terms(
     if settings.ndcr_weight is not None:
         value = ndcr(z, g.f_noise[idx].to(dev), settings.ndcr_mode, settings.ndcr_tau)
         terms["ndcr"] = (settings.ndcr_weight, value)
-    if settings.kd_weight is not None:
+    if settings.needs_teacher:  # the image's own zero-shot posterior
+        value = posterior_distillation(logits, g.teacher[idx].to(dev))
+        terms["kd"] = (settings.kd_weight, value)
+    elif settings.kd_weight is not None:
         visual = g.visual_anchors.to(dev)
         if settings.kd_form == "classes":
             value = class_distillation(z, visual, y, settings.kd_temperature)

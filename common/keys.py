@@ -42,7 +42,8 @@ INSTANCE_FEATURES = "instance-features"  # ArrayRecord: a node's own feature row
 # SemanticFL
 KD_WEIGHT = "kd-weight"
 KD_TEMPERATURE = "kd-temperature"
-KD_FORM = "kd-form"  # "coordinates" (the earlier reading) | "classes"
+KD_FORM = "kd-form"  # "coordinates" (the earlier reading) | "classes" | "posterior"
+KD_TEACHER_TAU = "kd-teacher-tau"  # posterior form: the teacher's fitted temperature
 CON_WEIGHT = "con-weight"
 CON_TAU = "con-tau"
 

@@ -132,6 +132,25 @@ def class_distillation(
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
+def posterior_distillation(logits: Tensor, teacher: Tensor) -> Tensor:
+    """Distillation of the diffusion model's zero-shot posterior (``kd-form =
+    "posterior"``, ours).
+
+    ``KL(q(x) || softmax(logits))``: Hinton et al.'s knowledge distillation
+    (arXiv 1503.02531) at temperature 1, with ``q(x)`` (B, C) the frozen
+    diffusion model's posterior over classes for the image itself, from
+    which class prompt denoises it best (Li et al., ICCV 2023,
+    https://arxiv.org/abs/2303.16203; ``diffusion_service.zero_shot``; its
+    temperature is fitted on the server's labelled public split, so ``q`` is
+    calibrated and no second temperature is applied). It acts on the
+    classifier's logits: a client that holds one class still gets a target
+    over every class, which does not follow its own label skew.
+    """
+    return F.kl_div(
+        F.log_softmax(logits, dim=-1), teacher.detach(), reduction="batchmean"
+    )
+
+
 def image_text_infonce(
     z: Tensor, text_anchors: Tensor, labels: Tensor, tau: float
 ) -> Tensor:

@@ -38,6 +38,13 @@ NEGATIVE_PROMPTS = 1
 PROJECTION_FIT = 2
 """Which samples the feature projection (PCA) is fitted on when none are
 given, mixed as (feature seed, SALT)."""
+ZERO_SHOT_NOISE = 3
+"""The noise of a sample's zero-shot (t, eps) pairs (the ``errors`` kind),
+mixed as (feature seed, sample index, SALT)."""
+TEACHER_CALIBRATION = 19
+"""The public images whose zero-shot errors fit the teacher's temperature
+(``kd-form = "posterior"``), a slice mixed as (0, SALT): the same for every
+run seed, like the stored errors."""
 REAL_REFERENCE = 5
 """Which test images FedDDPM's measures use as the real reference set."""
 ETF_FRAME = 31

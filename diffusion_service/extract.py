@@ -199,6 +199,11 @@ def extract(
         )
         with bar:
             for shard in _batches(missing, shard_size):
+                if kind == "errors":
+                    store.write_shard(
+                        kind, shard, _errors(ex, session, shard, step, bar)
+                    )
+                    continue
                 ids = ex.prompt_ids(kind, shard, session.labels[shard])
                 parts = []
                 for b in range(0, len(shard), step):
@@ -213,6 +218,23 @@ def extract(
                 else:
                     store.write_shard(kind, shard, feats[:, 0])
     return stats
+
+
+def _errors(
+    ex: Extractor, session: Session, shard: np.ndarray, step: int, bar
+) -> Tensor:
+    """(n, C) zero-shot denoising errors of a shard (in-process models only)."""
+    if not hasattr(ex, "denoising_errors"):
+        raise NotImplementedError(
+            "the 'errors' kind (zero-shot denoising errors) is computed by a model "
+            "in this process; the guidance service does not offer it"
+        )
+    parts = []
+    for b in range(0, len(shard), step):
+        sl = shard[b : b + step]
+        parts.append(ex.denoising_errors(session.images[sl], sl))
+        bar.update(len(sl))
+    return torch.cat(parts)
 
 
 def text_anchors(extractor: Extractor, dim: int, seed: int) -> Tensor:

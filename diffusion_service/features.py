@@ -30,6 +30,7 @@ from .model import GuidanceModel
 from .projection import Projection, text_map
 from .recipe import FeatureRecipe
 from .vae_io import ImageInputError, vae_input
+from .zero_shot import ERROR_TIMESTEPS, centred, class_errors
 
 
 class ModelIdentity(Protocol):
@@ -243,10 +244,8 @@ class FeatureExtractor:
                 n = min(mb, len(images) - start)
                 pad = [start] * (mb - n)  # repeat a real row: same shape every call
                 rows = list(range(start, start + n)) + pad
-                x = self.preprocess(images[rows])
                 eps = self.noise([indices[r] for r in rows]).to(m.device, m.unet.dtype)
-                z0 = m.vae.encode(x).latent_dist.mean
-                z0 = ((z0 - self._shift) * self._scale).to(m.unet.dtype)
+                z0 = self._latents(images[rows])
                 zt = m.noise_scheduler.add_noise(z0, eps, t)
                 lat = z0.float().mean(dim=(2, 3))
                 per_prompt = []
@@ -262,6 +261,55 @@ class FeatureExtractor:
                     raw = raw.cpu()
                     per_prompt.append(raw if projection is None else projection(raw))
                 outs.append(torch.stack(per_prompt, 1)[:n])
+        return torch.cat(outs)
+
+    def _latents(self, images: Tensor) -> Tensor:
+        """Scaled VAE posterior means of a batch, in the U-Net's dtype."""
+        m = self.model
+        z0 = m.vae.encode(self.preprocess(images)).latent_dist.mean
+        return ((z0 - self._shift) * self._scale).to(m.unet.dtype)
+
+    def error_noise(self, indices) -> Tensor:
+        """(B, K, *latent_shape) noise of each sample's zero-shot pairs, on the CPU.
+
+        Seeded by (recipe seed, sample index, ``ZERO_SHOT_NOISE``): apart from
+        the features' noise, the same on every device and in every batch.
+        """
+        k = len(ERROR_TIMESTEPS)
+        out = torch.empty(len(indices), k, *self.latent_shape)
+        g = torch.Generator()
+        for row, idx in enumerate(indices):
+            g.manual_seed(mix_seed(self.recipe.seed, int(idx), seeding.ZERO_SHOT_NOISE))
+            out[row] = torch.randn((k, *self.latent_shape), generator=g)
+        return out
+
+    @torch.inference_mode()
+    def denoising_errors(self, images: Tensor, indices) -> Tensor:
+        """(B, C) centred class-conditional denoising errors, float32 on the CPU.
+
+        :func:`~.zero_shot.class_errors` over :data:`~.zero_shot.ERROR_TIMESTEPS`
+        with each sample's own seeded noise (:meth:`error_noise`), minus the
+        image's mean over classes (:func:`~.zero_shot.centred`). The lowest
+        is the model's zero-shot class. Micro-batches are padded as in
+        :meth:`raw`, so a sample's errors do not depend on its batch.
+        """
+        indices = [int(i) for i in indices]
+        if len(indices) != len(images) or not len(images):
+            raise ValueError("images and indices must have the same, non-zero length")
+        m, mb = self.model, self.recipe.micro_batch
+        states = self.text_states[: len(self.class_names)]
+        outs = []
+        for start in range(0, len(images), mb):
+            n = min(mb, len(images) - start)
+            rows = list(range(start, start + n)) + [start] * (mb - n)
+            eps = self.error_noise([indices[r] for r in rows]).to(
+                m.device, m.unet.dtype
+            )
+            err = class_errors(
+                m.unet, m.noise_scheduler, self._latents(images[rows]), eps,
+                ERROR_TIMESTEPS, states,
+            )  # fmt: skip
+            outs.append(centred(err.float().cpu())[:n])
         return torch.cat(outs)
 
     def for_latents(self) -> FeatureExtractor:

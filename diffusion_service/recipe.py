@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-KINDS = ("noise", "cond", "neutral")
-"""Stored feature kinds: denoising (true-class prompt), conditional (several
-class prompts per sample), and neutral-prompt features."""
+FEATURE_KINDS = ("noise", "cond", "neutral")
+"""Feature kinds: denoising (true-class prompt), conditional (several class
+prompts per sample), and neutral-prompt features."""
+KINDS = (*FEATURE_KINDS, "errors")
+"""Stored kinds: the feature kinds, and ``errors``, each sample's (C,)
+class-conditional denoising errors (:mod:`.zero_shot`), centred, unprojected."""
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,8 @@ class FeatureStore:
             raise ValueError(
                 f"unknown feature kind {kind!r}; valid: {', '.join(KINDS)}"
             )
-        return self.manifest["shards"][kind]
+        # A store made before a kind existed has no list for it yet.
+        return self.manifest["shards"].setdefault(kind, [])
 
     def write_shard(
         self, kind: str, indices, features: Tensor, classes: Tensor | None = None

@@ -41,6 +41,7 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
+from common import seeding
 from common.anchors import anchor_frame
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
@@ -65,6 +66,9 @@ SS_NDCR = "visual object"
 # Deadline of each call to the guidance service: one Features call of a few
 # hundred samples under every class prompt can take minutes on a CPU host.
 SERVICE_CALL_TIMEOUT = 900.0
+# Public images whose zero-shot errors fit the teacher's temperature
+# (kd-form = "posterior"): a 1-parameter fit, 1000 is plenty.
+TEACHER_CALIBRATION = 1000
 
 
 def store_root(cfg: RunConfig) -> Path:
@@ -172,23 +176,64 @@ def guidance_session(
 
 def prepare_semanticfl(
     cfg: RunConfig, split: DataSplit
-) -> tuple[dict[str, np.ndarray], dict]:
+) -> tuple[dict[str, np.ndarray], dict, dict[str, Any] | None]:
     """Text and visual class anchors (C, d) from the public split, float32.
 
-    Also returns a record: samples used and the model's fingerprint.
+    Also returns a record (samples used, the model's fingerprint) and, with
+    ``kd-form = "posterior"``, the zero-shot teacher (:func:`prepare_teacher`).
     """
     from diffusion_service import build_anchors
 
+    teacher = None
     with guidance_session(
         cfg, split, num_negatives=None, self_supervised=False
     ) as session:
         anchors = build_anchors(session, split.public, progress=False)
         fingerprint = session.extractor.model.fingerprint
+        info: dict[str, Any] = {"anchors-from": int(len(split.public))}
+        if cfg.semanticfl.kd_form == "posterior":
+            teacher, teacher_info = prepare_teacher(session, split)
+            info["teacher"] = teacher_info
     arrays = {
         "text": anchors["text"].float().numpy(),
         "visual": anchors["visual"].float().numpy(),
     }
-    return arrays, {"anchors-from": int(len(split.public)), "model": fingerprint}
+    return arrays, {**info, "model": fingerprint}, teacher
+
+
+def prepare_teacher(session: Session, split: DataSplit) -> tuple[dict[str, Any], dict]:
+    """The zero-shot teacher: every client sample's denoising errors, stored.
+
+    Errors of ``TEACHER_CALIBRATION`` public images fit the posterior's
+    temperature (``diffusion_service.zero_shot.fit_temperature``); the
+    teacher's accuracy is recorded on them and, since the server holds the
+    training set in simulation, on the clients' own samples (never used).
+    Returns ``{"store": path, "tau": tau}`` for the strategy and a record.
+    """
+    from diffusion_service import extract
+    from diffusion_service.zero_shot import fit_temperature
+
+    clients = np.unique(np.concatenate(split.clients))
+    calib = split.public_slice(TEACHER_CALIBRATION, 0, seeding.TEACHER_CALIBRATION)
+    stats = extract(
+        session, kinds=("errors",), indices=np.union1d(clients, calib), progress=False
+    )
+    errors = {k: session.store.read("errors", ix)[0].float() for k, ix in
+              (("public", calib), ("clients", clients))}  # fmt: skip
+    labels = {"public": session.labels[calib], "clients": session.labels[clients]}
+    tau = fit_temperature(errors["public"], labels["public"])
+    accuracy = {
+        k: float((errors[k].argmin(1) == labels[k]).float().mean()) for k in errors
+    }
+    info = {
+        "tau": tau,
+        "calibration-images": int(len(calib)),
+        "zero-shot-accuracy-public": accuracy["public"],
+        "zero-shot-accuracy-clients": accuracy["clients"],
+        "computed": stats["errors"]["computed"],
+    }
+    log(INFO, "Zero-shot teacher: %s", info)
+    return {"store": str(session.store.path), "tau": tau}, info
 
 
 def feddifrc_kinds(cfg: RunConfig) -> tuple[str, ...]:
@@ -317,8 +362,8 @@ def guidance_kwargs(
     where = cfg.guidance.where
     log(INFO, "Preparing %s guidance (%s) ...", cfg.method, where)
     if prepares == "class-anchors":
-        anchors, info = prepare_semanticfl(cfg, split)
-        kwargs: dict[str, Any] = {"anchors": anchors}
+        anchors, info, teacher = prepare_semanticfl(cfg, split)
+        kwargs: dict[str, Any] = {"anchors": anchors, "teacher": teacher}
         if cfg.classifier == "anchors":  # computed here once, sent to every client
             sl = cfg.semanticfl
             kwargs["frame"] = anchor_frame(

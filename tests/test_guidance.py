@@ -84,7 +84,8 @@ def test_store_root_defaults_under_the_output_dir(defaults, tmp_path):
 def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tmp_path):
     cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="semanticfl")
     split = data_split(cfg)
-    anchors, info = server_guidance.prepare_semanticfl(cfg, split)
+    anchors, info, teacher = server_guidance.prepare_semanticfl(cfg, split)
+    assert teacher is None  # kd-form "coordinates": no zero-shot teacher
     assert info["anchors-from"] == 30
     for name in ("text", "visual"):
         a = anchors[name]
@@ -97,7 +98,9 @@ def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tm
 
     stored = FeatureStore(store.parent).stored_indices("noise")
     np.testing.assert_array_equal(stored, np.sort(split.public))
-    again, _ = server_guidance.prepare_semanticfl(cfg, split)  # cached, deterministic
+    again, _, _ = server_guidance.prepare_semanticfl(
+        cfg, split
+    )  # cached, deterministic
     np.testing.assert_array_equal(again["visual"], anchors["visual"])
 
 

@@ -32,15 +32,16 @@ TINY_RUN = {
     ("method", "extra", "term_metrics"),
     [
         ("semanticfl", {}, ("train-kd", "train-con")),
-        # ours: the anchors as a fixed classifier and the distillation over
-        # classes; clients also evaluate, so the frame travels in evaluate
-        # Messages too
+        # ours: the anchors as a fixed classifier and the diffusion model's
+        # zero-shot posterior distilled into it (the server stores every
+        # client sample's denoising errors); clients also evaluate, so the
+        # frame travels in evaluate Messages too
         (
             "semanticfl",
             {
                 "anchor-classifier": "visual",
                 "anchor-etf-mix": 0.5,
-                "kd-form": "classes",
+                "kd-form": "posterior",
                 "fraction-evaluate": 1.0,
                 "validation-fraction": 0.2,
             },
@@ -99,6 +100,7 @@ def test_guided_federation_completes(
     assert (tmp_path / "feature-store").is_dir()
     if "anchor-classifier" in extra:
         assert record["anchor-classifier"] == "visual"
+        assert record["teacher"]["tau"] > 0 and record["teacher"]["computed"] > 0
         assert 0.0 <= rows[-1]["validation"]["eval-accuracy"] <= 1.0
     if extra.get("feddifrc-features") == "latent-upload":
         query = record["latent-upload"]

@@ -197,6 +197,12 @@ class RunConfig:
                 "run-config 'feddifrc-features' = 'latent-upload' needs method "
                 f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
+        if self.semanticfl.kd_form == "posterior" and self.guidance.service:
+            raise ConfigError(
+                "kd-form = 'posterior' needs the guidance model in the ServerApp: "
+                "the guidance service computes features, not the zero-shot "
+                "denoising errors; unset guidance-service or pick another kd-form"
+            )
         if self.sgd.ce_loss == "balanced":
             if method.model != "classifier":
                 raise ConfigError(

@@ -60,6 +60,9 @@ class FedDifRCConfig:
             )
 
 
+KD_FORMS = ("coordinates", "classes", "posterior")
+
+
 @dataclass(frozen=True)
 class SemanticFLConfig:
     """Distillation to the visual anchors and image-text contrastive
@@ -68,8 +71,10 @@ class SemanticFLConfig:
     kd_weight: float = 1.0
     kd_temperature: float = 0.1  # ours: the paper's T is unknown
     # How the distillation is read (common/losses.py): a softmax over the
-    # feature coordinates (our earlier reading) or a KL between class
-    # distributions (ours, kd-form = "classes").
+    # feature coordinates (our earlier reading), a KL between class
+    # distributions with the anchors as teacher ("classes", ours), or the
+    # diffusion model's own zero-shot posterior of each image distilled into
+    # the classifier ("posterior", ours; diffusion_service/zero_shot.py).
     kd_form: str = "coordinates"
     con_weight: float = 0.01
     con_tau: float = 0.05
@@ -83,7 +88,7 @@ class SemanticFLConfig:
         _weights_and_temperatures(
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
-        one_of("kd-form", self.kd_form, ("coordinates", "classes"))
+        one_of("kd-form", self.kd_form, KD_FORMS)
         one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
         check(
             0.0 <= self.anchor_etf_mix <= 1.0,

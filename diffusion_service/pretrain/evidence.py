@@ -1,10 +1,9 @@
 """Evidence that the embedded model learned the classes: zero-shot diffusion
 classification and a sample grid, written next to the model.
 
-Zero-shot classification (Li et al. 2023, "Your Diffusion Model is Secretly a
-Zero-Shot Classifier", https://arxiv.org/abs/2303.16203): for an image, the class
-whose prompt gives the lowest mean noise-prediction error over a few fixed
-(t, noise) pairs. Every class sees the same pairs, so the comparison is paired.
+Zero-shot classification (:mod:`diffusion_service.zero_shot`): for an image,
+the class whose prompt gives the lowest mean noise-prediction error over a few
+fixed (t, noise) pairs, the same pairs for every image here.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from common.datasets import DATASETS, load_dataset
 from common.io import atomic_write_json
 
 from ..vae_io import to_model_input
+from ..zero_shot import ERROR_TIMESTEPS, class_errors
 from .sampling import Embedded, load_embedded, sample_grid
 
 
@@ -28,7 +28,7 @@ def denoising_errors(
     model: Embedded,
     images: Tensor,
     *,
-    timesteps=(100, 250, 400, 550, 700, 850),
+    timesteps=ERROR_TIMESTEPS,
     seed: int = 0,
     batch: int = 50,
 ) -> Tensor:
@@ -40,30 +40,23 @@ def denoising_errors(
         uint8 (N, C, H, W).
     timesteps : sequence of int
         One fixed noise draw per timestep (seeded by ``seed``), shared by all
-        images and classes.
+        images and classes (:func:`diffusion_service.zero_shot.class_errors`).
     """
-    num_classes = len(model.class_names)
     shape = (4, model.unet.config.sample_size, model.unet.config.sample_size)
     g = torch.Generator().manual_seed(seed)
     noises = torch.randn(len(timesteps), *shape, generator=g).to(model.device)
-    ts = torch.tensor(list(timesteps), device=model.device)
     sf = model.vae.config.scaling_factor
+    class_states = model.text[: len(model.class_names)]  # the last row is ""
     errors = []
     for i in range(0, len(images), batch):
         x = to_model_input(images[i : i + batch], model.resolution).to(model.device)
         z0 = model.vae.encode(x).latent_dist.mean * sf
-        b, k = len(z0), len(ts)
-        err = torch.zeros(b, num_classes, device=model.device)
-        # One U-Net call per class: rows are (image, pair) for all pairs at once.
-        z0k = z0.repeat_interleave(k, 0)
-        eps = noises.repeat(b, 1, 1, 1)
-        tk = ts.repeat(b)
-        zt = model.scheduler.add_noise(z0k, eps, tk)
-        for c in range(num_classes):
-            states = model.text[c : c + 1].expand(len(zt), -1, -1)
-            pred = model.unet(zt, tk, encoder_hidden_states=states).sample
-            err[:, c] = ((pred - eps) ** 2).mean((1, 2, 3)).view(b, k).mean(1)
-        errors.append(err.cpu())
+        eps = noises.unsqueeze(0).expand(len(z0), -1, -1, -1, -1)
+        errors.append(
+            class_errors(
+                model.unet, model.scheduler, z0, eps, timesteps, class_states
+            ).cpu()
+        )
     return torch.cat(errors)
 
 

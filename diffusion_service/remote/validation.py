@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffusion_service.projection import Projection
-from diffusion_service.recipe import KINDS, FeatureRecipe
+from diffusion_service.recipe import FEATURE_KINDS, FeatureRecipe
 
 from .engine import FeatureJob, GuidanceEngine
 from .protocol import (
@@ -199,12 +199,14 @@ def _prompt_ids(
     num_classes = len(extractor.class_names)
     if (kind is None) == (PROMPT_IDS not in tensors):
         raise RequestError(
-            f"give exactly one of 'kind' (one of {', '.join(KINDS)}, with "
+            f"give exactly one of 'kind' (one of {', '.join(FEATURE_KINDS)}, with "
             f"'{LABELS}' for noise/cond) or a '{PROMPT_IDS}' tensor (N, S)"
         )
     if kind is not None:
-        if kind not in KINDS:
-            raise RequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind not in FEATURE_KINDS:
+            raise RequestError(
+                f"kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}"
+            )
         if LABELS in tensors:
             labels = _int_vector(tensors[LABELS], LABELS, n)
         elif kind == "neutral":

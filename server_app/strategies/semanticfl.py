@@ -40,6 +40,11 @@ class SemanticFL(UpdateGuard, FedAvg):
         ``common.losses.class_distillation``).
     con_weight, con_tau : float
         Image-text contrastive weight (0.01) and temperature (0.05), unverified.
+    teacher : dict, optional
+        With ``kd_form = "posterior"``: ``{"store": path, "tau": float}``, the
+        feature store holding every client sample's zero-shot denoising
+        errors and the posterior's fitted temperature
+        (``server_app.guidance.prepare_teacher``); both go in the train config.
     frame : ndarray, optional
         The anchor classifier's (C, C) class vectors (``anchor-classifier``,
         ours; ``common.anchors``), sent with every train and evaluate Message
@@ -58,9 +63,16 @@ class SemanticFL(UpdateGuard, FedAvg):
         con_weight: float = 0.01,
         con_tau: float = 0.05,
         frame: np.ndarray | None = None,
+        teacher: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if (kd_form == "posterior") != (teacher is not None):
+            raise ValueError(
+                "kd_form 'posterior' needs the zero-shot teacher and no other "
+                f"form takes one (kd_form {kd_form!r}, teacher {teacher!r})"
+            )
+        self.teacher = teacher
         text, visual = (
             np.asarray(anchors[k], dtype=np.float32) for k in ("text", "visual")
         )
@@ -104,6 +116,9 @@ class SemanticFL(UpdateGuard, FedAvg):
             config[keys.KD_WEIGHT] = self.kd_weight
             config[keys.KD_TEMPERATURE] = self.kd_temperature
             config[keys.KD_FORM] = self.kd_form
+            if self.teacher is not None:
+                config[keys.FEATURE_STORE] = self.teacher["store"]
+                config[keys.KD_TEACHER_TAU] = float(self.teacher["tau"])
         if self.con_weight > 0:
             config[keys.CON_WEIGHT] = self.con_weight
             config[keys.CON_TAU] = self.con_tau
