@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from diffusion_conftest import tiny_guided_config
 
 from client_app.guidance import instance_features
 from common.config import RunConfig
@@ -16,22 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 D = 32  # ResNet-10 width 4
 
 
-def _cfg(defaults, tiny_sd_dir, tmp_path, **overrides):
-    return RunConfig.from_run_config(
-        {
-            **defaults,
-            "method": "feddifrc",
-            "guidance-model": str(tiny_sd_dir),
-            "guidance-layers": "0,1",  # the tiny U-Net has 2 up blocks
-            "model-width": 4,
-            "num-clients": 3,
-            "partitioner": "iid",
-            "max-samples-per-client": 12,
-            "public-split-size": 30,
-            "output-dir": str(tmp_path),
-            **overrides,
-        }
-    )
+_cfg = tiny_guided_config
 
 
 def test_embedded_without_weights_names_the_pretraining_command(tmp_path, monkeypatch):

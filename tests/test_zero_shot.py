@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusion_conftest import tiny_guided_config
 
 from client_app.guidance import zero_shot_teacher
 from client_app.training import Guidance, LocalSettings
-from common.config import ConfigError, RunConfig
+from common.config import ConfigError
 from common.federation import data_split
 from common.losses import posterior_distillation
 from diffusion_service import FeatureExtractor, FeatureRecipe, FeatureStore
@@ -96,21 +97,11 @@ def test_extractor_errors_are_each_samples_own_whatever_the_batch(
 
 
 def _cfg(defaults, tiny_sd_dir, tmp_path, **overrides):
-    return RunConfig.from_run_config(
-        {
-            **defaults,
-            "method": "semanticfl",
-            "kd-form": "posterior",
-            "guidance-model": str(tiny_sd_dir),
-            "guidance-layers": "0,1",
-            "model-width": 4,
-            "num-clients": 3,
-            "partitioner": "iid",
-            "max-samples-per-client": 12,
-            "public-split-size": 30,
-            "output-dir": str(tmp_path),
-            **overrides,
-        }
+    return tiny_guided_config(
+        defaults,
+        tiny_sd_dir,
+        tmp_path,
+        **{"method": "semanticfl", "kd-form": "posterior", **overrides},
     )
 
 
