@@ -211,16 +211,26 @@ def prepare_teacher(session: Session, split: DataSplit) -> tuple[dict[str, Any],
     Returns ``{"store": path, "tau": tau}`` for the strategy and a record.
     """
     from diffusion_service import extract
-    from diffusion_service.zero_shot import fit_temperature
+    from diffusion_service.zero_shot import ERROR_TIMESTEPS, fit_temperature
 
     clients = np.unique(np.concatenate(split.clients))
     calib = split.public_slice(TEACHER_CALIBRATION, 0, seeding.TEACHER_CALIBRATION)
+    todo = len(session.store.missing("errors", np.union1d(clients, calib)))
+    if todo:
+        log(
+            INFO,
+            "Zero-shot teacher: denoising errors of %d samples (%d U-Net passes "
+            "each), once; later runs read them from %s",
+            todo,
+            len(ERROR_TIMESTEPS) * len(session.extractor.class_names),
+            session.store.path,
+        )
     stats = extract(
         session, kinds=("errors",), indices=np.union1d(clients, calib), progress=False
     )
-    errors = {k: session.store.read("errors", ix)[0].float() for k, ix in
-              (("public", calib), ("clients", clients))}  # fmt: skip
-    labels = {"public": session.labels[calib], "clients": session.labels[clients]}
+    parts = {"public": calib, "clients": clients}
+    errors = {k: session.store.read("errors", ix)[0].float() for k, ix in parts.items()}
+    labels = {k: session.labels[ix] for k, ix in parts.items()}
     tau = fit_temperature(errors["public"], labels["public"])
     accuracy = {
         k: float((errors[k].argmin(1) == labels[k]).float().mean()) for k in errors
