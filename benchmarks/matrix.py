@@ -147,10 +147,32 @@ def last_rounds_accuracy(
     rows = _rounds(run_dir)
     if len(rows) < k:
         raise ValueError(f"{run_dir}: {len(rows)} trained rounds, fewer than K={k}")
-    missing = [r["round"] for r in rows[-k:] if metric not in r]
+    values = [_metric(r, metric) for r in rows[-k:]]
+    missing = [r["round"] for r, v in zip(rows[-k:], values, strict=True) if v is None]
     if missing:
         raise ValueError(f"{run_dir}: rounds {missing} have no {metric!r}")
-    return statistics.fmean(r[metric] for r in rows[-k:])
+    return statistics.fmean(values)
+
+
+VALIDATION_ACCURACY = f"validation/{keys.EVAL_ACCURACY}"
+"""The clients' scores on their held-out parts (``validation-fraction``),
+aggregated by the server: what settings are chosen on, never the test set."""
+
+
+def _metric(row: dict[str, Any], metric: str) -> float | None:
+    """A metrics line's value at ``metric``; ``a/b`` reads ``row[a][b]``."""
+    value: Any = row
+    for part in metric.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def has_metric(run_dir: Path, metric: str) -> bool:
+    """Whether a run's last round records ``metric``."""
+    rows = _rounds(run_dir)
+    return bool(rows) and _metric(rows[-1], metric) is not None
 
 
 # Keys that change where a run writes or how fast it goes, not what it

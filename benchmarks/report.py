@@ -263,6 +263,15 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
         )
         if report.get("reading"):
             out.write("**Reading.** " + report["reading"])
+        if report["tables"].get("validation"):
+            path = report["validation_csv"]
+            out.write(
+                f"\n**The same on the clients' validation parts** (last-{k} mean "
+                "of the accuracy each client scores on its held-out share, "
+                "aggregated by the server; settings are chosen on this table, "
+                f"never on the test set; CSV: [{path}]({link(path)})):\n\n"
+                + report["tables"]["validation"]
+            )
         if report.get("bn_measurement"):
             path = report["bn_measurement"]
             out.write(

@@ -42,10 +42,12 @@ from benchmarks import bn_measurement, gains, perf, report
 from benchmarks.machine import hardware
 from benchmarks.matrix import (
     APP_DIR,
+    VALIDATION_ACCURACY,
     Cell,
     cell_done,
     cell_overrides,
     fmt_time,
+    has_metric,
     run_matrix,
     write_csv,
 )
@@ -210,6 +212,18 @@ def build_report(
         by_seed.setdefault((r["scenario"], r["method"]), {})[r["seed"]] = run_dir(r)
     table = gains.gains_rows(by_seed, profile.last_k, REFERENCE)
     gains.write_gains_csv(table, out / "gains.csv")
+    # Runs with validation-fraction: the same table on the clients' held-out
+    # parts, which is what settings are chosen on.
+    val_text = ""
+    if all(
+        has_metric(d, VALIDATION_ACCURACY) for seeds in by_seed.values()
+        for d in seeds.values()
+    ):  # fmt: skip
+        val_table = gains.gains_rows(
+            by_seed, profile.last_k, REFERENCE, VALIDATION_ACCURACY
+        )
+        gains.write_gains_csv(val_table, out / "validation.csv")
+        val_text = gains.gains_markdown(val_table)
     # Cells run with --eval-aggregated-too: both BatchNorm measurements compared.
     both = bn_measurement.with_both_scores(by_seed, profile.last_k)
     bn_text = ""
@@ -248,8 +262,10 @@ def build_report(
         "reading": gains.plain_reading(table),
         "bn_measurement": _repo_path(out / "bn-measurement.md") if bn_text else "",
         "gains_csv": _repo_path(out / "gains.csv"),
+        "validation_csv": _repo_path(out / "validation.csv") if val_text else "",
         "tables": {
             "gains": gains.gains_markdown(table),
+            "validation": val_text,
             "final": report.pivot_table(agg, "final_acc"),
             "best": report.pivot_table(agg, "best_acc"),
             "cost": report.cost_table(agg),

@@ -15,6 +15,7 @@ from benchmarks.gains import (
     plot_gains,
     write_gains_csv,
 )
+from benchmarks.matrix import VALIDATION_ACCURACY, has_metric
 from benchmarks.profiles import ProfileError, get_profile
 from benchmarks.stats import minimum_detectable_effect
 
@@ -36,6 +37,28 @@ def test_last_k_is_the_mean_of_the_last_k_rounds_and_cancels_a_2_cycle(tmp_path)
     assert last_k_accuracy(run, 6) == pytest.approx(70.0)
     with pytest.raises(ValueError, match="fewer than K=8"):
         last_k_accuracy(run, 8)
+
+
+def test_the_validation_table_reads_the_clients_held_out_scores(tmp_path):
+    # Test accuracy 50% throughout; the clients' validation 0.6 / 0.8 by turns.
+    folder = tmp_path / "val"
+    folder.mkdir()
+    rows = [{"round": 0, "central-accuracy": 0.1}] + [
+        {
+            "round": r,
+            "central-accuracy": 0.5,
+            "validation": {"eval-accuracy": 0.6 if r % 2 else 0.8, "clients": 3},
+        }
+        for r in range(1, 5)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert has_metric(folder, VALIDATION_ACCURACY)
+    assert last_k_accuracy(folder, 4, VALIDATION_ACCURACY) == pytest.approx(70.0)
+    assert last_k_accuracy(folder, 4) == pytest.approx(50.0)
+    plain = _run(tmp_path, "plain", [0.5, 0.5])
+    assert not has_metric(plain, VALIDATION_ACCURACY)
+    with pytest.raises(ValueError, match="have no 'validation/eval-accuracy'"):
+        last_k_accuracy(plain, 2, VALIDATION_ACCURACY)
 
 
 def test_a_known_table_of_seeds(tmp_path):
