@@ -45,6 +45,7 @@ from benchmarks.protocol import (
 __all__ = [
     "COMMON_DEVIATIONS",
     "CPU_COST",
+    "DECISIVE_COST",
     "METHODS",
     "PAPER_PROTOCOL",
     "PAPER_SCENARIOS",
@@ -101,6 +102,35 @@ CPU_COST = CostModel(
     source="benchmarks/results/reduced/cells.csv (the reduced profile's own "
     "cells, idle 2-core machine); FedDifRC extraction: benchmarks/results/"
     "guided-timing",
+)
+
+# The decisive profile's own cells (benchmarks/results/decisive-aggregated/
+# cells.csv: 100 cells, 10 clients x 1,000 samples every round, medians per
+# method, an idle 2-core AMD EPYC of the faster kind): a FedAvg round 10.5 s,
+# of which 8.0 s training; a cell 141 s. The slower EPYC part we also get
+# takes about 2.5x as long (a FedAvg cell about 6 min); the live ETA, from
+# the cells' own times, corrects for the machine.
+DECISIVE_COST = CostModel(
+    startup_s=15.0,
+    eval_s=3.0,  # the 10,000 test images, with BatchNorm recomputed on 2,000
+    train_s_per_sample=8.0 / 10_000,
+    method_factor={
+        "fedavg": 1.0,
+        "fedprox": 1.15,
+        "moon": 1.69,
+        "fedavgm": 1.04,
+        "fedadam": 1.04,
+        "fedetf": 1.01,
+        "feddifrc": 1.10,
+        "semanticfl": 0.99,
+        "fedavg-adapt": 1.03,
+        "fedavg-public": 0.94,
+    },
+    extraction_s_per_sample=297 / 25_669,
+    anchors_s=8.0,
+    generation_s=46.0,
+    source="benchmarks/results/decisive-aggregated/cells.csv (this profile's "
+    "own cells before eval-bn-images, idle 2-core AMD EPYC, the faster part)",
 )
 
 _CPU_DEVIATIONS = (
@@ -240,7 +270,7 @@ PROFILES: dict[str, Profile] = {
             _dev("seeds", "5 (seeds 0-4)", "a 95% interval and an MDE per scenario"),
         ),
         perf=PerfPlan(),
-        cost=CPU_COST,
+        cost=DECISIVE_COST,
         notes=(
             "Primary statistic: the mean of the central test accuracy over the "
             "last 6 rounds (K even: a 2-round cycle cancels); final and best "
