@@ -168,11 +168,11 @@ def anchors_from_message(msg: Message) -> tuple[Tensor, Tensor]:
 
 def classifier_frame(msg: Message) -> Tensor:
     """The anchor classifier's (C, C) frame from a train or evaluate Message."""
-    record = msg.content.array_records.get(keys.GUIDANCE)
+    record = msg.content.array_records.get(keys.CLASSIFIER)
     if record is None or keys.CLASSIFIER_FRAME not in record:
         raise KeyError(
             "anchor-classifier is on but the Message carries no "
-            f"'{keys.CLASSIFIER_FRAME}' in its '{keys.GUIDANCE}' record"
+            f"'{keys.CLASSIFIER_FRAME}' in a '{keys.CLASSIFIER}' record"
         )
     return torch.from_numpy(record[keys.CLASSIFIER_FRAME].numpy().astype(np.float32))
 

@@ -51,6 +51,7 @@ CON_TAU = "con-tau"
 GUIDANCE = "guidance"
 TEXT_ANCHORS = "text-anchors"  # (C, d)
 VISUAL_ANCHORS = "visual-anchors"  # (C, d)
+CLASSIFIER = "classifier"  # ArrayRecord: the anchor classifier's frame
 CLASSIFIER_FRAME = "classifier-frame"  # (C, C) the anchor classifier's class vectors
 
 # Latent-upload query round (server_app/latent_query.py, client_app/latents.py)

@@ -246,6 +246,21 @@ def prepare_teacher(session: Session, split: DataSplit) -> tuple[dict[str, Any],
     return {"store": str(session.store.path), "tau": tau}, info
 
 
+def classifier_anchors(cfg: RunConfig, split: DataSplit) -> dict[str, np.ndarray]:
+    """FedDifRC's anchor classifier: SemanticFL's anchors, from the same store.
+
+    The text and visual class anchors of the public split under FedDifRC's
+    feature recipe (``anchor-classifier``; ``common/anchors.py``), float32.
+    """
+    from diffusion_service import build_anchors
+
+    with guidance_session(
+        cfg, split, num_negatives=None, self_supervised=False
+    ) as session:
+        anchors = build_anchors(session, split.public, progress=False)
+    return {k: anchors[k].float().numpy() for k in ("text", "visual")}
+
+
 def feddifrc_kinds(cfg: RunConfig) -> tuple[str, ...]:
     """Feature kinds FedDifRC's enabled terms need.
 
@@ -371,22 +386,10 @@ def guidance_kwargs(
     t0 = time.perf_counter()
     where = cfg.guidance.where
     log(INFO, "Preparing %s guidance (%s) ...", cfg.method, where)
+    anchors = None
     if prepares == "class-anchors":
         anchors, info, teacher = prepare_semanticfl(cfg, split)
         kwargs: dict[str, Any] = {"anchors": anchors, "teacher": teacher}
-        if cfg.classifier == "anchors":  # computed here once, sent to every client
-            sl = cfg.semanticfl
-            kwargs["frame"] = anchor_frame(
-                torch.from_numpy(anchors["text"]),
-                torch.from_numpy(anchors["visual"]),
-                sl.anchor_classifier,
-                sl.anchor_etf_mix,
-            ).numpy()
-            info = {
-                **info,
-                "anchor-classifier": sl.anchor_classifier,
-                "anchor-etf-mix": sl.anchor_etf_mix,
-            }
     elif cfg.feddifrc.features == "latent-upload":
         if grid is None:
             raise ValueError("the latent-upload query round needs the Grid")
@@ -396,6 +399,20 @@ def guidance_kwargs(
         path, info = prepare_feddifrc(cfg, split)
         kwargs = {"store_path": path}
         info = {**info, "store": path}
+    if cfg.classifier == "anchors":  # computed here once, sent to every client
+        anchors = anchors or classifier_anchors(cfg, split)
+        g = cfg.guidance
+        kwargs["frame"] = anchor_frame(
+            torch.from_numpy(anchors["text"]),
+            torch.from_numpy(anchors["visual"]),
+            g.anchor_classifier,
+            g.anchor_etf_mix,
+        ).numpy()
+        info = {
+            **info,
+            "anchor-classifier": g.anchor_classifier,
+            "anchor-etf-mix": g.anchor_etf_mix,
+        }
     seconds = time.perf_counter() - t0
     log(INFO, "Guidance ready in %.1f s: %s", seconds, info)
     # With a service, guidance-model does not apply; "model" (the fingerprint)

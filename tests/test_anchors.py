@@ -7,6 +7,8 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from client_app.guidance import classifier_frame
+from common import keys
 from common.anchors import (
     anchor_frame,
     cosine_gram,
@@ -131,3 +133,58 @@ def test_the_frame_is_never_sent_aggregated_or_trained(defaults):
     for m in (server, *clients):
         assert torch.equal(m.classifier.frame, clients[1].classifier.frame)
     assert np.isfinite(server(torch.randn(2, 1, 28, 28)).logits.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("method", ["semanticfl", "feddifrc"])
+def test_both_guided_methods_send_the_frame_in_train_and_evaluate_messages(
+    defaults, task_identity, method
+):
+    from flwr.app import ConfigRecord
+
+    from server_app.strategies import strategy_class
+
+    cfg = RunConfig.from_run_config(
+        {**defaults, "method": method, "anchor-classifier": "visual"}
+    )
+    assert cfg.classifier == "anchors"
+    frame = anchor_frame(_anchors(1), _anchors(), "visual", 0.5).numpy()
+    prepared = (
+        {"anchors": {"text": frame, "visual": frame}}
+        if method == "semanticfl"
+        else {"store_path": "/store"}
+    )
+    strategy = strategy_class(method).from_config(
+        cfg.section(cfg.method_info.section),
+        frame=frame,
+        fraction_evaluate=1.0,
+        **prepared,
+    )
+
+    class Grid:
+        def get_node_ids(self):
+            return [4, 5]
+
+    arrays = ArrayRecord([np.ones(1)])
+    for configure in (strategy.configure_train, strategy.configure_evaluate):
+        messages = list(configure(1, arrays, ConfigRecord({}), Grid()))
+        assert len(messages) == 2
+        for msg in messages:
+            sent = msg.content[keys.CLASSIFIER][keys.CLASSIFIER_FRAME].numpy()
+            np.testing.assert_array_equal(sent, frame)
+            assert classifier_frame(msg).shape == (C, C)
+
+
+def test_the_anchor_classifier_needs_a_labelled_guided_method(defaults):
+    with pytest.raises(ConfigError, match="guided method"):
+        RunConfig.from_run_config(
+            {**defaults, "method": "fedavg", "anchor-classifier": "visual"}
+        )
+    with pytest.raises(ConfigError, match="self-supervised"):
+        RunConfig.from_run_config(
+            {
+                **defaults,
+                "method": "feddifrc",
+                "self-supervised": True,
+                "anchor-classifier": "visual",
+            }
+        )

@@ -149,3 +149,24 @@ def test_feddifrc_sampled_negatives_and_self_supervised_layouts(
     assert g.f_pos.shape == (len(own), D) and g.f_noise.shape == (len(own), D)
     assert g.f_neg.shape == (len(own), 10, D)  # every class name is a negative
     assert not torch.equal(g.f_pos, g.f_noise)  # "similar" vs "visual object"
+
+
+def test_feddifrc_gets_the_anchor_classifiers_frame_from_the_public_split(
+    defaults, tiny_sd_dir, tmp_path
+):
+    cfg = _cfg(
+        defaults,
+        tiny_sd_dir,
+        tmp_path,
+        **{"anchor-classifier": "visual", "anchor-etf-mix": 0.5},
+    )
+    split = data_split(cfg)
+    kwargs, record = server_guidance.guidance_kwargs(cfg, split)
+    assert kwargs["store_path"] and kwargs["frame"].shape == (10, 10)
+    np.testing.assert_allclose(np.linalg.norm(kwargs["frame"], axis=1), 1.0, rtol=1e-5)
+    assert record["anchor-classifier"] == "visual" and record["anchor-etf-mix"] == 0.5
+    # The same frame SemanticFL would build from the same model and recipe.
+    anchors, _, _ = server_guidance.prepare_semanticfl(cfg, split)
+    np.testing.assert_array_equal(
+        server_guidance.classifier_anchors(cfg, split)["visual"], anchors["visual"]
+    )

@@ -144,10 +144,7 @@ class RunConfig:
         """What the client model ends in: ``linear``, ``etf`` or ``anchors``."""
         if self.method_info.classifier == "etf":
             return "etf"
-        if (
-            self.method_info.prepares == "class-anchors"
-            and self.semanticfl.anchor_classifier != "none"
-        ):
+        if self.method_info.guided and self.guidance.anchor_classifier != "none":
             return "anchors"
         return "linear"
 
@@ -186,6 +183,16 @@ class RunConfig:
                 "public-split-size > 0 (e.g. 1000). The server fits the feature "
                 "projection on it and builds the visual class anchors from it; no "
                 "client ever gets those samples."
+            )
+        if self.guidance.anchor_classifier != "none" and not (
+            method.guided and not self.feddifrc.self_supervised
+        ):
+            raise ConfigError(
+                f"anchor-classifier = '{self.guidance.anchor_classifier}' makes the "
+                "class anchors the classifier of a guided method (feddifrc or "
+                f"semanticfl, with labels); method '{self.method}'"
+                + (" is self-supervised" if self.feddifrc.self_supervised else "")
+                + ": set anchor-classifier = 'none'"
             )
         if self.feddifrc.self_supervised and self.method != "feddifrc":
             raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.addresses import is_loopback, parse_service_address
+from common.anchors import SOURCES as ANCHOR_SOURCES
 from common.config.fields import ConfigError, check, keyed, one_of
 from common.models import GUIDANCE_HEADS
 
@@ -36,6 +37,12 @@ class GuidanceConfig:
     service_ca: str = keyed("", "guidance-service-ca")
     service_token_file: str = keyed("", "guidance-service-token-file")
     service_insecure: bool = keyed(False, "guidance-service-insecure")
+    # Ours, for both guided methods (common/anchors.py): the class anchors as
+    # a fixed classifier frame (none = the model's own linear head, the
+    # papers' form), optionally mixed toward a simplex ETF (0 = as they are,
+    # 1 = FedETF's geometry).
+    anchor_classifier: str = "none"
+    anchor_etf_mix: float = 0.0
 
     @property
     def up_blocks(self) -> tuple[int, ...]:
@@ -48,6 +55,13 @@ class GuidanceConfig:
         return self.service or "in-process"
 
     def validate(self) -> None:
+        one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
+        check(
+            0.0 <= self.anchor_etf_mix <= 1.0,
+            "anchor-etf-mix",
+            self.anchor_etf_mix,
+            "a float in [0, 1] (0: the anchors' own geometry, 1: a simplex ETF)",
+        )
         check(
             bool(self.model.strip()),
             "guidance-model",

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.anchors import SOURCES as ANCHOR_SOURCES
-from common.config.fields import ConfigError, check, check_all, keyed, one_of
+from common.config.fields import ConfigError, check_all, keyed, one_of
 
 NDCR_MODES = ("cosine", "kl")
 
@@ -78,21 +77,9 @@ class SemanticFLConfig:
     kd_form: str = "coordinates"
     con_weight: float = 0.01
     con_tau: float = 0.05
-    # Ours (common/anchors.py): the class anchors as a fixed classifier frame
-    # (none = the model's own linear head, the paper's form), optionally
-    # mixed toward a simplex ETF (0 = as they are, 1 = FedETF's geometry).
-    anchor_classifier: str = "none"
-    anchor_etf_mix: float = 0.0
 
     def validate(self) -> None:
         _weights_and_temperatures(
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
         one_of("kd-form", self.kd_form, KD_FORMS)
-        one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
-        check(
-            0.0 <= self.anchor_etf_mix <= 1.0,
-            "anchor-etf-mix",
-            self.anchor_etf_mix,
-            "a float in [0, 1] (0: the anchors' own geometry, 1: a simplex ETF)",
-        )

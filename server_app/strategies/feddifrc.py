@@ -13,10 +13,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from common import keys
 from common.config import FedDifRCConfig
+from server_app.strategies.anchor_frame import AnchorFrame
 from server_app.strategies.update_guard import UpdateGuard
 
 
-class FedDifRC(UpdateGuard, FedAvg):
+class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
     """FedDifRC (Wang et al., ICCV 2025, https://arxiv.org/abs/2507.06482).
 
     Aggregation is FedAvg's (the paper's base). The strategy injects the client
@@ -46,6 +47,9 @@ class FedDifRC(UpdateGuard, FedAvg):
         No labels on the clients: generic-prompt positive, class-name negatives.
     tdcl_negatives : int
         Self-supervised: negatives used per batch (0 = all stored).
+    frame : ndarray, optional
+        The anchor classifier's (C, C) class vectors (``anchor-classifier``,
+        ours; :class:`~server_app.strategies.anchor_frame.AnchorFrame`).
     **kwargs
         Flower ``FedAvg`` arguments.
     """
@@ -156,7 +160,7 @@ class FedDifRC(UpdateGuard, FedAvg):
         log(
             INFO,
             "\t├──> FedDifRC: tdcl %s (tau %s), ndcr %s (%s, tau %s), "
-            "self-supervised %s, store %s",
+            "self-supervised %s, store %s%s",
             self.tdcl_weight,
             self.tdcl_tau,
             self.ndcr_weight,
@@ -169,5 +173,6 @@ class FedDifRC(UpdateGuard, FedAvg):
                 if self.node_features is not None
                 else "-"
             ),
+            ", anchor classifier" if self.frame is not None else "",
         )
         super().summary()

@@ -14,10 +14,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from common import keys
 from common.config import SemanticFLConfig
+from server_app.strategies.anchor_frame import AnchorFrame
 from server_app.strategies.update_guard import UpdateGuard
 
 
-class SemanticFL(UpdateGuard, FedAvg):
+class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
     """SemanticFL (Liu et al., ICME 2026, https://arxiv.org/abs/2603.19337).
 
     The server computes the class anchors once with the diffusion model (text
@@ -47,8 +48,7 @@ class SemanticFL(UpdateGuard, FedAvg):
         (``server_app.guidance.prepare_teacher``); both go in the train config.
     frame : ndarray, optional
         The anchor classifier's (C, C) class vectors (``anchor-classifier``,
-        ours; ``common.anchors``), sent with every train and evaluate Message
-        so every client holds the same bits.
+        ours; :class:`~server_app.strategies.anchor_frame.AnchorFrame`).
     **kwargs
         Flower ``FedAvg`` arguments.
     """
@@ -62,7 +62,6 @@ class SemanticFL(UpdateGuard, FedAvg):
         kd_form: str = "coordinates",
         con_weight: float = 0.01,
         con_tau: float = 0.05,
-        frame: np.ndarray | None = None,
         teacher: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -86,12 +85,6 @@ class SemanticFL(UpdateGuard, FedAvg):
                 keys.VISUAL_ANCHORS: Array(np.ascontiguousarray(visual)),
             }
         )
-        self.frame = None
-        if frame is not None:
-            self.frame = ArrayRecord(
-                {keys.CLASSIFIER_FRAME: Array(np.ascontiguousarray(frame, np.float32))}
-            )
-            self.guidance[keys.CLASSIFIER_FRAME] = self.frame[keys.CLASSIFIER_FRAME]
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
         self.kd_form = kd_form
         self.con_weight, self.con_tau = con_weight, con_tau
@@ -125,16 +118,6 @@ class SemanticFL(UpdateGuard, FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:  # server -> client extras are allowed
             message.content[keys.GUIDANCE] = self.guidance
-        return messages
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """As FedAvg; with the anchor classifier, its frame goes along."""
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        if self.frame is not None:
-            for message in messages:
-                message.content[keys.GUIDANCE] = self.frame
         return messages
 
     def summary(self) -> None:
