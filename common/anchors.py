@@ -76,3 +76,23 @@ def anchor_frame(text: Tensor, visual: Tensor, source: str, etf_mix: float) -> T
     else:
         gram = 0.5 * (cosine_gram(visual) + cosine_gram(text))
     return frame_from_gram(toward_etf(gram, etf_mix))
+
+
+def align_rows(source: Tensor, target: Tensor) -> Tensor:
+    """``source`` (C, d) rotated onto ``target`` (C, d), rows unit length.
+
+    Orthogonal Procrustes (Schönemann, Psychometrika 1966): the rotation R
+    minimising ``||source R - target||_F`` is ``U V^T`` for the SVD
+    ``source^T target = U S V^T``. A rotation keeps every cosine among the
+    source rows, so SemanticFL's text anchors keep the text encoder's class
+    geometry while they move into the visual anchors' axes
+    (``text-anchor-map = "aligned"``, ours): a client embedding that sits near
+    its class's visual anchor then also sits near its text anchor.
+    """
+    if source.shape != target.shape:
+        raise ValueError(
+            f"rows to align must have one shape; got {tuple(source.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    u, _, vh = torch.linalg.svd(source.double().T @ target.double())
+    return F.normalize((source.double() @ (u @ vh)).to(source.dtype), dim=1)

@@ -42,7 +42,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from common import seeding
-from common.anchors import anchor_frame
+from common.anchors import align_rows, anchor_frame
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
 from common.federation import make_model
@@ -194,10 +194,11 @@ def prepare_semanticfl(
         if cfg.semanticfl.kd_form == "posterior":
             teacher, teacher_info = prepare_teacher(session, split)
             info["teacher"] = teacher_info
-    arrays = {
-        "text": anchors["text"].float().numpy(),
-        "visual": anchors["visual"].float().numpy(),
-    }
+    text, visual = anchors["text"].float(), anchors["visual"].float()
+    if cfg.semanticfl.text_anchor_map == "aligned":
+        text = align_rows(text, visual)
+    arrays = {"text": text.numpy(), "visual": visual.numpy()}
+    info["text-anchor-map"] = cfg.semanticfl.text_anchor_map
     return arrays, {**info, "model": fingerprint}, teacher
 
 

@@ -188,3 +188,23 @@ def test_the_anchor_classifier_needs_a_labelled_guided_method(defaults):
                 "anchor-classifier": "visual",
             }
         )
+
+
+def test_aligned_text_anchors_keep_their_geometry_and_land_on_the_visual_axes():
+    from common.anchors import align_rows
+
+    text = torch.nn.functional.normalize(_anchors(3), dim=1)
+    q, _ = torch.linalg.qr(
+        torch.randn(32, 32, generator=torch.Generator().manual_seed(5))
+    )
+    visual = text @ q  # the same geometry in other axes
+    aligned = align_rows(text, visual)
+    torch.testing.assert_close(aligned, visual, atol=1e-5, rtol=0)
+    # Any target: the cosines among the text anchors do not move.
+    other = align_rows(text, _anchors(4))
+    torch.testing.assert_close(cosine_gram(other), cosine_gram(text), atol=1e-6, rtol=0)
+    assert (other - torch.nn.functional.normalize(_anchors(4), dim=1)).norm() < (
+        text - torch.nn.functional.normalize(_anchors(4), dim=1)
+    ).norm()
+    with pytest.raises(ValueError, match="one shape"):
+        align_rows(text, text[:3])

@@ -170,3 +170,22 @@ def test_feddifrc_gets_the_anchor_classifiers_frame_from_the_public_split(
     np.testing.assert_array_equal(
         server_guidance.classifier_anchors(cfg, split)["visual"], anchors["visual"]
     )
+
+
+def test_aligned_text_anchors_are_the_random_ones_rotated(
+    defaults, tiny_sd_dir, tmp_path
+):
+    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="semanticfl")
+    split = data_split(cfg)
+    plain, info, _ = server_guidance.prepare_semanticfl(cfg, split)
+    aligned_cfg = cfg.with_overrides({"text-anchor-map": "aligned"})
+    aligned, aligned_info, _ = server_guidance.prepare_semanticfl(aligned_cfg, split)
+    assert (info["text-anchor-map"], aligned_info["text-anchor-map"]) == (
+        "random",
+        "aligned",
+    )
+    np.testing.assert_array_equal(aligned["visual"], plain["visual"])
+    gram = plain["text"] @ plain["text"].T
+    np.testing.assert_allclose(aligned["text"] @ aligned["text"].T, gram, atol=1e-5)
+    closer = np.linalg.norm(aligned["text"] - plain["visual"])
+    assert closer < np.linalg.norm(plain["text"] - plain["visual"])

@@ -77,9 +77,14 @@ class SemanticFLConfig:
     kd_form: str = "coordinates"
     con_weight: float = 0.01
     con_tau: float = 0.05
+    # Where the text anchors live: a seeded random orthonormal map of the
+    # text embeddings ("random", our earlier reading), or that map rotated
+    # onto the visual anchors ("aligned", ours; common.anchors.align_rows).
+    text_anchor_map: str = "random"
 
     def validate(self) -> None:
         _weights_and_temperatures(
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
         one_of("kd-form", self.kd_form, KD_FORMS)
+        one_of("text-anchor-map", self.text_anchor_map, ("random", "aligned"))
