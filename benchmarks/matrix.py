@@ -75,6 +75,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-form": "posterior",
         "ce-loss": "balanced",
     },
+    # Its control: the same loss toward each sample's label smoothed by the
+    # teacher's mean off-label mass (no per-image diffusion content).
+    "semanticfl-ls-balanced": {
+        "method": "semanticfl",
+        "kd-form": "posterior",
+        "kd-teacher": "smoothed-labels",
+        "ce-loss": "balanced",
+    },
 }
 
 

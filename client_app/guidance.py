@@ -152,6 +152,17 @@ def zero_shot_teacher(store_path: str, indices: np.ndarray, tau: float) -> Tenso
     return _CACHE[key].teacher
 
 
+def smoothed_labels(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    """(N, C) the zero-shot teacher's control: ``1 - smoothing`` on the label,
+    the rest spread evenly over the other classes."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label smoothing must lie in [0, 1), got {smoothing}")
+    y = torch.as_tensor(labels, dtype=torch.long)
+    out = torch.full((len(y), num_classes), smoothing / (num_classes - 1))
+    out[torch.arange(len(y)), y] = 1.0 - smoothing
+    return out
+
+
 def anchors_from_message(msg: Message) -> tuple[Tensor, Tensor]:
     """SemanticFL's (text, visual) anchors, each (C, d), from the train Message."""
     if keys.GUIDANCE not in msg.content.array_records:
@@ -221,12 +232,14 @@ def guidance_for(
     """
     if not (settings.needs_instance_features or settings.needs_anchors):
         return None
-    if settings.needs_teacher and not (
-        settings.feature_store and settings.kd_teacher_tau
+    if (
+        settings.needs_teacher
+        and settings.kd_teacher_smoothing is None
+        and not (settings.feature_store and settings.kd_teacher_tau)
     ):
         raise KeyError(
-            "kd-form 'posterior' is on but the train config lacks the store or "
-            "the teacher's temperature"
+            "kd-form 'posterior' is on but the train config lacks the store and "
+            "the teacher's temperature, or the smoothing of its control"
         )
     parts: dict[str, Tensor | None] = {}
     if settings.needs_instance_features:
@@ -242,7 +255,12 @@ def guidance_for(
     if settings.needs_anchors:
         text, visual = anchors_from_message(msg)
         parts.update(text_anchors=text, visual_anchors=visual)
-    if settings.needs_teacher:
+    if settings.needs_teacher and settings.kd_teacher_smoothing is not None:
+        num_classes = parts["visual_anchors"].shape[0]
+        parts["teacher"] = smoothed_labels(
+            labels, num_classes, settings.kd_teacher_smoothing
+        )
+    elif settings.needs_teacher:
         parts["teacher"] = zero_shot_teacher(
             settings.feature_store, indices, settings.kd_teacher_tau
         )

@@ -94,6 +94,7 @@ class LocalSettings:
     kd_temperature: float = SemanticFLConfig.kd_temperature
     kd_form: str = SemanticFLConfig.kd_form
     kd_teacher_tau: float | None = None  # kd-form "posterior": the fitted temperature
+    kd_teacher_smoothing: float | None = None  # its control: smoothed labels
     con_weight: float | None = None
     con_tau: float = SemanticFLConfig.con_tau
 
@@ -163,6 +164,7 @@ class LocalSettings:
                 config, keys.KD_WEIGHT, {keys.KD_TEMPERATURE: float, keys.KD_FORM: str}
             ),
             kd_teacher_tau=_opt(config, keys.KD_TEACHER_TAU),
+            kd_teacher_smoothing=_opt(config, keys.KD_TEACHER_SMOOTHING),
             **_term(config, keys.CON_WEIGHT, {keys.CON_TAU: float}),
         )
 

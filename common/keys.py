@@ -44,6 +44,9 @@ KD_WEIGHT = "kd-weight"
 KD_TEMPERATURE = "kd-temperature"
 KD_FORM = "kd-form"  # "coordinates" (the earlier reading) | "classes" | "posterior"
 KD_TEACHER_TAU = "kd-teacher-tau"  # posterior form: the teacher's fitted temperature
+KD_TEACHER_SMOOTHING = (
+    "kd-teacher-smoothing"  # its control: off-label mass of smoothed labels
+)
 CON_WEIGHT = "con-weight"
 CON_TAU = "con-tau"
 

@@ -192,7 +192,9 @@ def prepare_semanticfl(
         fingerprint = session.extractor.model.fingerprint
         info: dict[str, Any] = {"anchors-from": int(len(split.public))}
         if cfg.semanticfl.kd_form == "posterior":
-            teacher, teacher_info = prepare_teacher(session, split)
+            teacher, teacher_info = prepare_teacher(
+                session, split, cfg.semanticfl.kd_teacher
+            )
             info["teacher"] = teacher_info
     text, visual = anchors["text"].float(), anchors["visual"].float()
     if cfg.semanticfl.text_anchor_map == "aligned":
@@ -202,7 +204,9 @@ def prepare_semanticfl(
     return arrays, {**info, "model": fingerprint}, teacher
 
 
-def prepare_teacher(session: Session, split: DataSplit) -> tuple[dict[str, Any], dict]:
+def prepare_teacher(
+    session: Session, split: DataSplit, kind: str = "zero-shot"
+) -> tuple[dict[str, Any], dict]:
     """The zero-shot teacher: every client sample's denoising errors, stored.
 
     Errors of ``TEACHER_CALIBRATION`` public images fit the posterior's
@@ -210,12 +214,17 @@ def prepare_teacher(session: Session, split: DataSplit) -> tuple[dict[str, Any],
     teacher's accuracy is recorded on them and, since the server holds the
     training set in simulation, on the clients' own samples (never used).
     Returns ``{"store": path, "tau": tau}`` for the strategy and a record.
+    ``kind = "smoothed-labels"`` (the control) returns ``{"smoothing": e}``
+    instead: the calibrated teacher's mean off-label mass on the public
+    images, and computes no client sample's errors.
     """
     from diffusion_service import extract
-    from diffusion_service.zero_shot import ERROR_TIMESTEPS, fit_temperature
+    from diffusion_service.zero_shot import ERROR_TIMESTEPS, fit_temperature, posterior
 
     clients = np.unique(np.concatenate(split.clients))
     calib = split.public_slice(TEACHER_CALIBRATION, 0, seeding.TEACHER_CALIBRATION)
+    if kind == "smoothed-labels":
+        clients = clients[:0]
     todo = len(session.store.missing("errors", np.union1d(clients, calib)))
     if todo:
         log(
@@ -229,21 +238,26 @@ def prepare_teacher(session: Session, split: DataSplit) -> tuple[dict[str, Any],
     stats = extract(
         session, kinds=("errors",), indices=np.union1d(clients, calib), progress=False
     )
-    parts = {"public": calib, "clients": clients}
+    parts = {"public": calib, "clients": clients} if len(clients) else {"public": calib}
     errors = {k: session.store.read("errors", ix)[0].float() for k, ix in parts.items()}
     labels = {k: session.labels[ix] for k, ix in parts.items()}
     tau = fit_temperature(errors["public"], labels["public"])
     accuracy = {
         k: float((errors[k].argmin(1) == labels[k]).float().mean()) for k in errors
     }
+    q = posterior(errors["public"], tau)
+    off_label = float(1 - q[torch.arange(len(calib)), labels["public"]].mean())
     info = {
+        "teacher": kind,
         "tau": tau,
         "calibration-images": int(len(calib)),
-        "zero-shot-accuracy-public": accuracy["public"],
-        "zero-shot-accuracy-clients": accuracy["clients"],
+        "off-label-mass-public": off_label,
         "computed": stats["errors"]["computed"],
+        **{f"zero-shot-accuracy-{k}": v for k, v in accuracy.items()},
     }
     log(INFO, "Zero-shot teacher: %s", info)
+    if kind == "smoothed-labels":
+        return {"smoothing": off_label}, info
     return {"store": str(session.store.path), "tau": tau}, info
 
 

@@ -180,3 +180,68 @@ def test_the_strategy_and_the_client_refuse_a_posterior_without_its_teacher():
         Guidance(visual_anchors=torch.eye(3)).check(settings, 4)
     with pytest.raises(ValueError, match="rows"):
         Guidance(teacher=torch.full((3, 3), 1 / 3)).check(settings, 4)
+
+
+def test_the_smoothed_labels_control_carries_one_number_of_the_teacher(
+    defaults, tiny_sd_dir, tmp_path
+):
+    from client_app.guidance import smoothed_labels
+
+    q = smoothed_labels(torch.tensor([2, 0]), 4, 0.3)
+    torch.testing.assert_close(
+        q, torch.tensor([[0.1, 0.1, 0.7, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    )
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        smoothed_labels(torch.tensor([0]), 4, 1.0)
+
+    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, **{"kd-teacher": "smoothed-labels"})
+    split = data_split(cfg)
+    _, info, teacher = server_guidance.prepare_semanticfl(cfg, split)
+    assert set(teacher) == {"smoothing"}
+    assert teacher["smoothing"] == info["teacher"]["off-label-mass-public"]
+    assert 0.0 < teacher["smoothing"] < 1.0
+    assert "zero-shot-accuracy-clients" not in info["teacher"]
+    # Only the public calibration images were scored: no client sample's errors.
+    store = next((tmp_path / "feature-store").glob("*/manifest.json")).parent
+    stored = FeatureStore(store).stored_indices("errors")
+    assert set(stored) <= set(split.public)
+
+
+def test_kd_teacher_belongs_to_the_posterior_form(defaults, tiny_sd_dir, tmp_path):
+    with pytest.raises(ConfigError, match="kd-teacher"):
+        _cfg(
+            defaults,
+            tiny_sd_dir,
+            tmp_path,
+            **{"kd-form": "classes", "kd-teacher": "smoothed-labels"},
+        )
+
+
+def test_a_client_builds_the_controls_teacher_from_its_own_labels(task_identity):
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+    from client_app.guidance import guidance_for
+    from common import keys
+
+    anchors = ArrayRecord(
+        {
+            keys.TEXT_ANCHORS: Array(np.eye(3, dtype=np.float32)),
+            keys.VISUAL_ANCHORS: Array(np.eye(3, dtype=np.float32)),
+        }
+    )
+    msg = Message(
+        content=RecordDict({keys.GUIDANCE: anchors}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    settings = LocalSettings(
+        lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=4,
+        kd_weight=1.0, kd_form="posterior", kd_teacher_smoothing=0.2,
+    )  # fmt: skip
+    g = guidance_for(msg, settings, np.array([5, 9]), torch.tensor([1, 2]))
+    torch.testing.assert_close(
+        g.teacher, torch.tensor([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    )
+    no_teacher = LocalSettings(**{**settings.__dict__, "kd_teacher_smoothing": None})
+    with pytest.raises(KeyError, match="smoothing"):
+        guidance_for(msg, no_teacher, np.array([5, 9]), torch.tensor([1, 2]))

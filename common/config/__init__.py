@@ -204,6 +204,14 @@ class RunConfig:
                 "run-config 'feddifrc-features' = 'latent-upload' needs method "
                 f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
+        if (
+            self.semanticfl.kd_teacher != "zero-shot"
+            and self.semanticfl.kd_form != "posterior"
+        ):
+            raise ConfigError(
+                f"kd-teacher = '{self.semanticfl.kd_teacher}' is the teacher of "
+                f"kd-form 'posterior' (got kd-form '{self.semanticfl.kd_form}')"
+            )
         if self.semanticfl.kd_form == "posterior" and self.guidance.service:
             raise ConfigError(
                 "kd-form = 'posterior' needs the guidance model in the ServerApp: "

@@ -75,6 +75,11 @@ class SemanticFLConfig:
     # diffusion model's own zero-shot posterior of each image distilled into
     # the classifier ("posterior", ours; diffusion_service/zero_shot.py).
     kd_form: str = "coordinates"
+    # The posterior form's teacher: the diffusion model's zero-shot posterior
+    # of each image, or its control (ours): the sample's own label smoothed
+    # by the teacher's average off-label mass, which carries no diffusion
+    # content beyond that one number.
+    kd_teacher: str = "zero-shot"
     con_weight: float = 0.01
     con_tau: float = 0.05
     # Where the text anchors live: a seeded random orthonormal map of the
@@ -87,4 +92,5 @@ class SemanticFLConfig:
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
         one_of("kd-form", self.kd_form, KD_FORMS)
+        one_of("kd-teacher", self.kd_teacher, ("zero-shot", "smoothed-labels"))
         one_of("text-anchor-map", self.text_anchor_map, ("random", "aligned"))

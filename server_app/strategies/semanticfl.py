@@ -46,6 +46,8 @@ class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
         feature store holding every client sample's zero-shot denoising
         errors and the posterior's fitted temperature
         (``server_app.guidance.prepare_teacher``); both go in the train config.
+        Its control, ``{"smoothing": e}``: each sample's label smoothed to
+        ``1 - e`` (``kd-teacher = "smoothed-labels"``).
     frame : ndarray, optional
         The anchor classifier's (C, C) class vectors (``anchor-classifier``,
         ours; :class:`~server_app.strategies.anchor_frame.AnchorFrame`).
@@ -109,7 +111,9 @@ class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
             config[keys.KD_WEIGHT] = self.kd_weight
             config[keys.KD_TEMPERATURE] = self.kd_temperature
             config[keys.KD_FORM] = self.kd_form
-            if self.teacher is not None:
+            if self.teacher is not None and "smoothing" in self.teacher:
+                config[keys.KD_TEACHER_SMOOTHING] = float(self.teacher["smoothing"])
+            elif self.teacher is not None:
                 config[keys.FEATURE_STORE] = self.teacher["store"]
                 config[keys.KD_TEACHER_TAU] = float(self.teacher["tau"])
         if self.con_weight > 0:
