@@ -162,9 +162,10 @@ def last_rounds_accuracy(
     return statistics.fmean(values)
 
 
-VALIDATION_ACCURACY = f"validation/{keys.EVAL_ACCURACY}"
+VALIDATION_ACCURACY = f"validation/{keys.EVAL_BALANCED_ACCURACY}"
 """The clients' scores on their held-out parts (``validation-fraction``),
-aggregated by the server: what settings are chosen on, never the test set."""
+pooled by the server into a class-balanced accuracy (the test set is
+balanced): what settings are chosen on, never the test set."""
 
 
 def _metric(row: dict[str, Any], metric: str) -> float | None:

@@ -183,10 +183,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     result = evaluate_fn(
         model, images, labels, num_classes, cfg.runtime.eval_batch_size, device
     )
+    n = result.num_examples
     metrics = {
         keys.EVAL_LOSS: result.loss,
         keys.EVAL_ACCURACY: result.accuracy,
-        keys.NUM_EXAMPLES: result.num_examples,
+        keys.NUM_EXAMPLES: n,
+        # Per-class counts as shares of n: Flower's weighted mean over the
+        # clients then gives the federation's counts over all of them, and
+        # the server the class-balanced accuracy (server_app.reporting).
+        keys.EVAL_CLASS_CORRECT: [c / n for c in result.per_class_correct],
+        keys.EVAL_CLASS_TOTAL: [t / n for t in result.per_class_total],
     }
     return Message(
         content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg

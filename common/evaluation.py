@@ -22,6 +22,8 @@ class EvalResult:
     loss: float
     per_class_accuracy: list[float]
     num_examples: int
+    per_class_correct: tuple[int, ...] = ()
+    per_class_total: tuple[int, ...] = ()
 
 
 def recalibrated_copy(
@@ -82,6 +84,8 @@ def evaluate(
         loss=loss_sum / n,
         per_class_accuracy=per_class,
         num_examples=n,
+        per_class_correct=tuple(correct.tolist()),
+        per_class_total=tuple(total.tolist()),
     )
 
 

@@ -99,6 +99,11 @@ TRAIN_GPU_PEAK_MB = "train-gpu-peak-mb"  # peak GPU memory while training, MiB
 INSTANCE_GUIDED = "instance-guided"  # 1 if FedDifRC's instance terms ran
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+EVAL_CLASS_CORRECT = "eval-class-correct"  # per class, correct / the client's n
+EVAL_CLASS_TOTAL = "eval-class-total"  # per class, samples / the client's n
+EVAL_BALANCED_ACCURACY = (
+    "eval-balanced-accuracy"  # mean per-class accuracy, all clients
+)
 
 # Server-side (central) evaluation metrics
 CENTRAL_ACCURACY = "central-accuracy"

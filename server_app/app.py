@@ -127,6 +127,15 @@ def main(grid: Grid, context: Context) -> None:
     if isinstance(strategy, CorrectingFedAvg):  # its server work goes to metrics
         strategy.round_log = recorder.note_server
     strategy.sampling_seed = cfg.seed  # the same nodes each round, every run
+    if bn_images is not None:  # clients validate the model the server scores
+
+        def scored_arrays(arrays: ArrayRecord) -> ArrayRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            batch = cfg.runtime.eval_batch_size
+            scored = recalibrated_copy(model, bn_images, batch, device)
+            return ArrayRecord(scored.state_dict())
+
+        strategy.scored_arrays = scored_arrays
     final = run_rounds(
         strategy,
         grid,

@@ -92,6 +92,27 @@ def term_scales(train: dict[str, Any], cfg: RunConfig) -> str:
     return f"ce {train.get(keys.TRAIN_CE, 0.0):.3f}, " + ", ".join(parts)
 
 
+def balanced_accuracy(correct: list[float], total: list[float]) -> float:
+    """Mean per-class accuracy over the classes present (counts in any unit).
+
+    The clients' validation parts follow their skewed label mixes, and so does
+    their pooled accuracy; the test set is balanced. Averaging per class
+    measures what the test measures.
+    """
+    rates = [c / t for c, t in zip(correct, total, strict=True) if t > 0]
+    if not rates:
+        raise ValueError("no class has validation samples")
+    return sum(rates) / len(rates)
+
+
+def validation_score(validation: dict[str, Any]) -> float | None:
+    """The number to tune on: the class-balanced validation accuracy (the
+    pooled one for rows written before clients sent per-class counts)."""
+    return validation.get(
+        keys.EVAL_BALANCED_ACCURACY, validation.get(keys.EVAL_ACCURACY)
+    )
+
+
 class RunRecorder:
     """Writes a run's outputs and prints one console line per round.
 
@@ -146,9 +167,7 @@ class RunRecorder:
             if keys.CENTRAL_ACCURACY in row:
                 self.rounds.append(row["round"])
                 self.accuracy.append(row[keys.CENTRAL_ACCURACY])
-                self.validation.append(
-                    row.get("validation", {}).get(keys.EVAL_ACCURACY)
-                )
+                self.validation.append(validation_score(row.get("validation", {})))
         # Elapsed time goes on from where the interrupted run stopped.
         self._t_start -= float(self.rows[-1].get("elapsed-seconds", 0.0))
 
@@ -253,6 +272,12 @@ class RunRecorder:
         """
         aggregated = aggregate_metricrecords(records, weighting_key)
         self._pending_validation = dict(aggregated)
+        correct = self._pending_validation.pop(keys.EVAL_CLASS_CORRECT, None)
+        total = self._pending_validation.pop(keys.EVAL_CLASS_TOTAL, None)
+        if correct is not None and total is not None:
+            self._pending_validation[keys.EVAL_BALANCED_ACCURACY] = balanced_accuracy(
+                correct, total
+            )
         self._pending_validation["clients"] = len(records)
         return aggregated
 
@@ -321,7 +346,7 @@ class RunRecorder:
             row["validation"] = self._pending_validation
         if self._pending_server:
             row["server"] = self._pending_server
-        self.validation.append(self._pending_validation.get(keys.EVAL_ACCURACY))
+        self.validation.append(validation_score(self._pending_validation))
         self.append_row(row)
         if plot_accuracy is not None:
             plot_accuracy(
@@ -345,7 +370,7 @@ class RunRecorder:
             self.rounds[best],
             "-" if train_loss is None else f"{train_loss:.4f}",
             f" ({terms})" if terms else "",
-            "" if val_acc is None else f" | validation accuracy {100 * val_acc:.2f}%",
+            "" if val_acc is None else f" | validation (balanced) {100 * val_acc:.2f}%",
             now - self._t_last,
             eval_seconds,
         )

@@ -47,7 +47,7 @@ def test_the_validation_table_reads_the_clients_held_out_scores(tmp_path):
         {
             "round": r,
             "central-accuracy": 0.5,
-            "validation": {"eval-accuracy": 0.6 if r % 2 else 0.8, "clients": 3},
+            "validation": {"eval-balanced-accuracy": 0.6 if r % 2 else 0.8, "clients": 3},
         }
         for r in range(1, 5)
     ]
@@ -57,7 +57,7 @@ def test_the_validation_table_reads_the_clients_held_out_scores(tmp_path):
     assert last_k_accuracy(folder, 4) == pytest.approx(50.0)
     plain = _run(tmp_path, "plain", [0.5, 0.5])
     assert not has_metric(plain, VALIDATION_ACCURACY)
-    with pytest.raises(ValueError, match="have no 'validation/eval-accuracy'"):
+    with pytest.raises(ValueError, match="have no .validation/eval-balanced-accuracy."):
         last_k_accuracy(plain, 2, VALIDATION_ACCURACY)
 
 

@@ -120,7 +120,8 @@ def test_moon_with_balanced_ce_learns_and_is_scored_both_ways(tmp_path):
     eval-bn-images + eval-aggregated-too, in one real run: it completes,
     learns, and records every round the score with BatchNorm statistics
     recomputed on public images beside the same weights' score as
-    aggregated."""
+    aggregated; the clients validate that recomputed model and the server
+    pools their per-class counts into a balanced accuracy."""
     result, rows = _completed_small_run(
         tmp_path,
         {
@@ -128,6 +129,8 @@ def test_moon_with_balanced_ce_learns_and_is_scored_both_ways(tmp_path):
             "ce-loss": "balanced",
             "eval-bn-images": 300,
             "eval-aggregated-too": True,
+            "validation-fraction": 0.2,
+            "fraction-evaluate": 1.0,
         },
     )
     assert rows[-1]["central-accuracy"] > 0.3, rows[-1]  # chance is 0.1
@@ -137,4 +140,7 @@ def test_moon_with_balanced_ce_learns_and_is_scored_both_ways(tmp_path):
     assert all("central-accuracy-aggregated" in r for r in rows)
     # Different statistics, different losses (the weights are the same).
     assert any(r["central-loss"] != r["central-loss-aggregated"] for r in rows[1:])
+    validation = rows[-1]["validation"]
+    assert validation["clients"] == 3 and 0 < validation["eval-balanced-accuracy"] <= 1
+    assert "eval-class-correct" not in validation  # pooled into the balanced score
     assert _gone(result.superlink_pid) and not descendants(result.superlink_pid)

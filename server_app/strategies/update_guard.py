@@ -23,6 +23,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from common import keys
+from server_app.strategies.scored_model import ScoredModel
 from server_app.strategies.seeded_sampling import SeededSampling
 
 Signature = dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype)
@@ -64,9 +65,10 @@ def update_problem(content: RecordDict, expected: Signature) -> str | None:
     return None
 
 
-class UpdateGuard(SeededSampling):
+class UpdateGuard(ScoredModel, SeededSampling):
     """Mixin, first in a Flower strategy's bases: checked ``aggregate_train``
-    (and, through :class:`SeededSampling`, a seeded node sample).
+    (and, through :class:`SeededSampling`, a seeded node sample; through
+    :class:`ScoredModel`, clients validate the model the server scores).
 
     ``rejected`` lists ``(round, node id, reason)`` of every reply left out.
     """
