@@ -178,10 +178,10 @@ def _metric(row: dict[str, Any], metric: str) -> float | None:
     return value
 
 
-def has_metric(run_dir: Path, metric: str) -> bool:
-    """Whether a run's last round records ``metric``."""
-    rows = _rounds(run_dir)
-    return bool(rows) and _metric(rows[-1], metric) is not None
+def has_metric(run_dir: Path, metric: str, k: int = 1) -> bool:
+    """Whether each of a run's last ``k`` rounds records ``metric``."""
+    rows = _rounds(run_dir)[-k:]
+    return len(rows) == k and all(_metric(r, metric) is not None for r in rows)
 
 
 # Keys that change where a run writes or how fast it goes, not what it

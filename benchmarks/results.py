@@ -216,7 +216,7 @@ def build_report(
     # parts, which is what settings are chosen on.
     val_text = ""
     if all(
-        has_metric(d, VALIDATION_ACCURACY) for seeds in by_seed.values()
+        has_metric(d, VALIDATION_ACCURACY, profile.last_k) for seeds in by_seed.values()
         for d in seeds.values()
     ):  # fmt: skip
         val_table = gains.gains_rows(
