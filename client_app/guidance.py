@@ -136,7 +136,7 @@ def zero_shot_teacher(store_path: str, indices: np.ndarray, tau: float) -> Tenso
     """(N, C) the diffusion model's zero-shot posterior of samples ``indices``.
 
     From the centred denoising errors the server stored for every client
-    sample (``server_app.guidance.prepare_teacher``) and the temperature it
+    sample (``server_app.teacher.prepare_teacher``) and the temperature it
     fitted on its public split; remembered across rounds in this process.
     """
     from diffusion_service import FeatureStore

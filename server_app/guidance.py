@@ -41,7 +41,6 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from common import seeding
 from common.anchors import align_rows, anchor_frame
 from common.config import RunConfig
 from common.datasets import get_spec, load_dataset
@@ -54,6 +53,7 @@ from diffusion_service.embedded_model import (  # noqa: F401 (re-exported)
     resolve_guidance_model,
 )
 from server_app.adaptation import prepare_adaptation, prepare_public_split
+from server_app.teacher import prepare_teacher
 
 if TYPE_CHECKING:
     from diffusion_service import Extractor, FeatureRecipe, Session
@@ -66,9 +66,6 @@ SS_NDCR = "visual object"
 # Deadline of each call to the guidance service: one Features call of a few
 # hundred samples under every class prompt can take minutes on a CPU host.
 SERVICE_CALL_TIMEOUT = 900.0
-# Public images whose zero-shot errors fit the teacher's temperature
-# (kd-form = "posterior"): a 1-parameter fit, 1000 is plenty.
-TEACHER_CALIBRATION = 1000
 
 
 def store_root(cfg: RunConfig) -> Path:
@@ -180,7 +177,7 @@ def prepare_semanticfl(
     """Text and visual class anchors (C, d) from the public split, float32.
 
     Also returns a record (samples used, the model's fingerprint) and, with
-    ``kd-form = "posterior"``, the zero-shot teacher (:func:`prepare_teacher`).
+    ``kd-form = "posterior"``, the zero-shot teacher (``server_app.teacher``).
     """
     from diffusion_service import build_anchors
 
@@ -202,63 +199,6 @@ def prepare_semanticfl(
     arrays = {"text": text.numpy(), "visual": visual.numpy()}
     info["text-anchor-map"] = cfg.semanticfl.text_anchor_map
     return arrays, {**info, "model": fingerprint}, teacher
-
-
-def prepare_teacher(
-    session: Session, split: DataSplit, kind: str = "zero-shot"
-) -> tuple[dict[str, Any], dict]:
-    """The zero-shot teacher: every client sample's denoising errors, stored.
-
-    Errors of ``TEACHER_CALIBRATION`` public images fit the posterior's
-    temperature (``diffusion_service.zero_shot.fit_temperature``); the
-    teacher's accuracy is recorded on them and, since the server holds the
-    training set in simulation, on the clients' own samples (never used).
-    Returns ``{"store": path, "tau": tau}`` for the strategy and a record.
-    ``kind = "smoothed-labels"`` (the control) returns ``{"smoothing": e}``
-    instead: the calibrated teacher's mean off-label mass on the public
-    images, and computes no client sample's errors.
-    """
-    from diffusion_service import extract
-    from diffusion_service.zero_shot import ERROR_TIMESTEPS, fit_temperature, posterior
-
-    clients = np.unique(np.concatenate(split.clients))
-    calib = split.public_slice(TEACHER_CALIBRATION, 0, seeding.TEACHER_CALIBRATION)
-    if kind == "smoothed-labels":
-        clients = clients[:0]
-    todo = len(session.store.missing("errors", np.union1d(clients, calib)))
-    if todo:
-        log(
-            INFO,
-            "Zero-shot teacher: denoising errors of %d samples (%d U-Net passes "
-            "each), once; later runs read them from %s",
-            todo,
-            len(ERROR_TIMESTEPS) * len(session.extractor.class_names),
-            session.store.path,
-        )
-    stats = extract(
-        session, kinds=("errors",), indices=np.union1d(clients, calib), progress=False
-    )
-    parts = {"public": calib, "clients": clients} if len(clients) else {"public": calib}
-    errors = {k: session.store.read("errors", ix)[0].float() for k, ix in parts.items()}
-    labels = {k: session.labels[ix] for k, ix in parts.items()}
-    tau = fit_temperature(errors["public"], labels["public"])
-    accuracy = {
-        k: float((errors[k].argmin(1) == labels[k]).float().mean()) for k in errors
-    }
-    q = posterior(errors["public"], tau)
-    off_label = float(1 - q[torch.arange(len(calib)), labels["public"]].mean())
-    info = {
-        "teacher": kind,
-        "tau": tau,
-        "calibration-images": int(len(calib)),
-        "off-label-mass-public": off_label,
-        "computed": stats["errors"]["computed"],
-        **{f"zero-shot-accuracy-{k}": v for k, v in accuracy.items()},
-    }
-    log(INFO, "Zero-shot teacher: %s", info)
-    if kind == "smoothed-labels":
-        return {"smoothing": off_label}, info
-    return {"store": str(session.store.path), "tau": tau}, info
 
 
 def classifier_anchors(cfg: RunConfig, split: DataSplit) -> dict[str, np.ndarray]:

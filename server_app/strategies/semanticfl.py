@@ -45,7 +45,7 @@ class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
         With ``kd_form = "posterior"``: ``{"store": path, "tau": float}``, the
         feature store holding every client sample's zero-shot denoising
         errors and the posterior's fitted temperature
-        (``server_app.guidance.prepare_teacher``); both go in the train config.
+        (``server_app.teacher.prepare_teacher``); both go in the train config.
         Its control, ``{"smoothing": e}``: each sample's label smoothed to
         ``1 - e`` (``kd-teacher = "smoothed-labels"``).
     frame : ndarray, optional
