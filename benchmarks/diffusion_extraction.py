@@ -69,12 +69,8 @@ def build_model(root: Path) -> tuple[GuidanceModel, str]:
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32,
     ).save_pretrained(root / "unet")  # fmt: skip
-    DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-    ).save_pretrained(root / "scheduler")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                  beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
     text = save_text_encoder(root, 384)
     return GuidanceModel.from_pretrained(root), text
 
@@ -84,10 +80,7 @@ def bare_passes(ex: FeatureExtractor, images, labels) -> float:
     """Seconds for VAE encode + add_noise + U-Net alone, same batches."""
     m, mb = ex.model, ex.recipe.micro_batch
     xs = [ex.preprocess(images[i : i + mb]) for i in range(0, len(images), mb)]
-    eps = [
-        ex.noise(range(i, i + len(x)))
-        for i, x in zip(range(0, len(images), mb), xs, strict=True)
-    ]
+    eps = [ex.noise(range(i, i + len(x))) for i, x in zip(range(0, len(images), mb), xs, strict=True)]
     states = [ex.text_states[labels[i : i + mb]] for i in range(0, len(images), mb)]
     t0 = time.perf_counter()
     for x, e, s in zip(xs, eps, states, strict=True):
@@ -99,9 +92,8 @@ def bare_passes(ex: FeatureExtractor, images, labels) -> float:
 
 def naive_loop(model, recipe, names, images, labels, proj) -> float:
     """Seconds for one-image-per-call extraction through the same components."""
-    ex1 = FeatureExtractor(
-        model, FeatureRecipe(**{**recipe.to_dict(), "micro_batch": 1}), names
-    )
+    ex1 = FeatureExtractor(model, FeatureRecipe(**{**recipe.to_dict(), "micro_batch": 1}),
+                           names)
     t0 = time.perf_counter()
     for i in range(len(images)):
         ex1.features(images[i : i + 1], [i], labels[i : i + 1].view(1, 1), proj)
@@ -116,12 +108,8 @@ def read_rate(tmp: Path, dim: int, client_size: int, shard_size: int) -> dict:
     for start in range(0, 60000, shard_size):
         idx = np.arange(start, min(start + shard_size, 60000))
         store.write_shard("noise", idx, torch.randn(len(idx), dim, generator=g))
-        store.write_shard(
-            "cond",
-            idx,
-            torch.randn(len(idx), 10, dim, generator=g),
-            torch.arange(10).expand(len(idx), 10),
-        )
+        store.write_shard("cond", idx, torch.randn(len(idx), 10, dim, generator=g),
+                          torch.arange(10).expand(len(idx), 10))
     client = np.random.default_rng(1).choice(60000, client_size, replace=False)
     out = {}
     for kind, rows in (("noise", 1), ("cond", 10)):
@@ -138,49 +126,23 @@ def read_rate(tmp: Path, dim: int, client_size: int, shard_size: int) -> dict:
 
 def measure(model, recipe, names, images, labels, tmp: Path, args) -> dict:
     """Best-of-``repeats`` seconds of batched, bare and naive, interleaved."""
-    s0 = open_session(
-        model,
-        recipe,
-        dataset="fmnist",
-        images=images,
-        labels=labels,
-        class_names=names,
-        root=tmp / "fit",
-    )
+    s0 = open_session(model, recipe, dataset="fmnist", images=images, labels=labels,
+                      class_names=names, root=tmp / "fit")
     t0 = time.perf_counter()
     proj = ensure_projection(s0, progress=False)
-    best = {
-        "fit": time.perf_counter() - t0,
-        "batched": float("inf"),
-        "naive": float("inf"),
-        "bare": float("inf"),
-    }
+    best = {"fit": time.perf_counter() - t0, "batched": float("inf"),
+            "naive": float("inf"), "bare": float("inf")}
     for r in range(args.repeats):
-        s = open_session(
-            model,
-            recipe,
-            dataset="fmnist",
-            images=images,
-            labels=labels,
-            class_names=names,
-            root=tmp / f"run{r}",
-        )
+        s = open_session(model, recipe, dataset="fmnist", images=images, labels=labels,
+                         class_names=names, root=tmp / f"run{r}")
         s.store.save_projection(proj, s0.fit_indices)  # the one fitted above
         t0 = time.perf_counter()
         extract(s, kinds=("noise",), shard_size=256, progress=False)
         best["batched"] = min(best["batched"], time.perf_counter() - t0)
         best["bare"] = min(best["bare"], bare_passes(s0.extractor, images, labels))
-        best["naive"] = min(
-            best["naive"],
-            naive_loop(
-                model,
-                recipe,
-                names,
-                images[: args.naive_samples],
-                labels[: args.naive_samples],
-                proj,
-            ),
-        )
+        best["naive"] = min(best["naive"], naive_loop(
+            model, recipe, names, images[: args.naive_samples],
+            labels[: args.naive_samples], proj))
     return best
 
 
@@ -193,19 +155,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128, help="d (cpu profile: 128)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--client-size", type=int, default=6000)
-    ap.add_argument(
-        "--threads",
-        default="1,2",
-        help="comma list of torch thread counts, each measured",
-    )
+    ap.add_argument("--threads", default="1,2",
+                    help="comma list of torch thread counts, each measured")
     args = ap.parse_args()
 
     train, _ = load_dataset("fashion-mnist")
     names = DATASETS["fashion-mnist"].class_names
     images, labels = train.images[: args.samples], train.labels[: args.samples]
-    recipe = FeatureRecipe(
-        up_blocks=(0, 1, 2), dim=args.dim, fit_size=256, micro_batch=args.micro_batch
-    )
+    recipe = FeatureRecipe(up_blocks=(0, 1, 2), dim=args.dim, fit_size=256,
+                           micro_batch=args.micro_batch)
     rows, fits = [], []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -215,49 +173,23 @@ def main() -> None:
         n_vae = sum(p.numel() for p in model.vae.encoder.parameters())
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            best = measure(
-                model, recipe, names, images, labels, tmp / f"t{threads}", args
-            )
+            best = measure(model, recipe, names, images, labels, tmp / f"t{threads}", args)
             reads = read_rate(tmp / f"t{threads}", args.dim, args.client_size, 1024)
             rate = {k: args.samples / best[k] for k in ("batched", "bare")}
             rate["naive"] = args.naive_samples / best["naive"]
             fits.append(f"{best['fit']:.1f} s at {threads} thread(s)")
             rows += [
-                (
-                    threads,
-                    "batched extraction (store incl.)",
-                    f"{rate['batched']:,.0f} img/s",
-                    "",
-                    "",
-                ),
-                (
-                    threads,
-                    "naive, one image per call",
-                    f"{rate['naive']:,.0f} img/s",
-                    f"batched / naive = {rate['batched'] / rate['naive']:.2f}x",
-                    ">= 3x",
-                ),
-                (
-                    threads,
-                    "bare VAE + U-Net passes",
-                    f"{rate['bare']:,.0f} img/s",
-                    f"batched time / bare time = {rate['bare'] / rate['batched']:.2f}x",
-                    "<= 1.2x",
-                ),
-                (
-                    threads,
-                    "store read, one client (1 feature/sample)",
-                    f"{reads['noise']:,.0f} features/s",
-                    "",
-                    ">= 50,000/s",
-                ),
-                (
-                    threads,
-                    "store read, one client (10 features/sample)",
-                    f"{reads['cond']:,.0f} features/s",
-                    "",
-                    ">= 50,000/s",
-                ),
+                (threads, "batched extraction (store incl.)",
+                 f"{rate['batched']:,.0f} img/s", "", ""),
+                (threads, "naive, one image per call", f"{rate['naive']:,.0f} img/s",
+                 f"batched / naive = {rate['batched'] / rate['naive']:.2f}x", ">= 3x"),
+                (threads, "bare VAE + U-Net passes", f"{rate['bare']:,.0f} img/s",
+                 f"batched time / bare time = {rate['bare'] / rate['batched']:.2f}x",
+                 "<= 1.2x"),
+                (threads, "store read, one client (1 feature/sample)",
+                 f"{reads['noise']:,.0f} features/s", "", ">= 50,000/s"),
+                (threads, "store read, one client (10 features/sample)",
+                 f"{reads['cond']:,.0f} features/s", "", ">= 50,000/s"),
             ]
     head = "| threads | measurement | rate | ratio | target |\n|---|---|---|---|---|\n"
     table = head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
@@ -279,9 +211,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text(
         "# Diffusion feature extraction (python -m benchmarks.diffusion_extraction)\n\n"
-        f"{table}\n\n{setup}\n",
-        encoding="utf-8",
-    )
+        f"{table}\n\n{setup}\n", encoding="utf-8")
     print(f"wrote {OUT / 'results.md'}")
 
 

@@ -50,15 +50,7 @@ def _train_client(cfg: RunConfig, pid: int, state: dict, seed: int) -> tuple[dic
     model.load_state_dict(state)
     # exactly the settings the server sends its clients
     settings = LocalSettings.from_config(local_training_config(cfg))
-    train(
-        model,
-        x,
-        y,
-        settings,
-        seed=seed,
-        device=cfg.runtime.device,
-        augment=cfg.data.augment,
-    )
+    train(model, x, y, settings, seed=seed, device=cfg.runtime.device, augment=cfg.data.augment)
     return {k: v.cpu() for k, v in model.state_dict().items()}, len(y)
 
 
@@ -146,8 +138,7 @@ def measure_overhead(
     # Round 1 pays one-off costs (actor start, data load); report the rest.
     steady = slice(1, None) if rounds > 1 else slice(None)
     steps = sum(
-        -(-len(client_tensors(cfg, pid)[1]) // cfg.sgd.batch_size)
-        for pid in range(clients)
+        -(-len(client_tensors(cfg, pid)[1]) // cfg.sgd.batch_size) for pid in range(clients)
     )
     return {
         "method": method,

@@ -80,10 +80,7 @@ class OrderedGrid(Grid):
         for start in range(0, len(nodes), chunk):
             messages = [
                 self._grid.create_message(
-                    RecordDict({keys.CONFIG: ConfigRecord()}),
-                    PARTITION_QUERY,
-                    node,
-                    "0",
+                    RecordDict({keys.CONFIG: ConfigRecord()}), PARTITION_QUERY, node, "0"
                 )
                 for node in nodes[start : start + chunk]
             ]

@@ -32,9 +32,8 @@ def toy_clip_tokenizer():
     """Build transformers' offline toy CLIP BPE tokenizer (vocab=/merges= form)."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(
-        vocab={t: i for i, t in enumerate(TOY_VOCAB)}, merges=TOY_MERGES
-    )
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(TOY_VOCAB)},
+                         merges=TOY_MERGES)
 
 
 def tiny_unet(cross_attention_dim: int = 8):
@@ -74,13 +73,8 @@ def tiny_components(cross_attention_dim: int = 8) -> dict:
         intermediate_size=16, layer_norm_eps=1e-05, num_attention_heads=2,
         num_hidden_layers=2, pad_token_id=1, vocab_size=1000,
     ))  # fmt: skip
-    return {
-        "vae": vae,
-        "unet": unet,
-        "text_encoder": text_encoder,
-        "tokenizer": toy_clip_tokenizer(),
-        "scheduler": scheduler,
-    }
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder,
+            "tokenizer": toy_clip_tokenizer(), "scheduler": scheduler}
 
 
 def save_components(components: dict, path: Path) -> Path:
@@ -118,11 +112,8 @@ def fmnist_small():
     from common.datasets import DATASETS, load_dataset
 
     train, _ = load_dataset("fashion-mnist")
-    return (
-        train.images[:40].clone(),
-        train.labels[:40].clone(),
-        DATASETS["fashion-mnist"].class_names,
-    )
+    return (train.images[:40].clone(), train.labels[:40].clone(),
+            DATASETS["fashion-mnist"].class_names)
 
 
 @pytest.fixture
@@ -130,15 +121,8 @@ def recipe():
     """Return a recipe sized for the tiny model: 32 px (latent 16x16), both up blocks."""
     from diffusion_service import FeatureRecipe
 
-    return FeatureRecipe(
-        resolution=32,
-        up_blocks=(0, 1),
-        dim=8,
-        fit_size=24,
-        micro_batch=8,
-        timestep=150,
-        seed=3,
-    )
+    return FeatureRecipe(resolution=32, up_blocks=(0, 1), dim=8, fit_size=24,
+                         micro_batch=8, timestep=150, seed=3)
 
 
 class UNetCalls:
