@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -93,6 +94,19 @@ def main(grid: Grid, context: Context) -> None:
             return linear_probe(scored_model, *probe, *scored, device)
         return evaluate(scored_model, *scored, device)
 
+    last_scored: dict[str, Any] = {}  # one round's recalibrated model, made once
+
+    def recalibrated(arrays: ArrayRecord) -> torch.nn.Module:
+        """The global weights with recomputed BatchNorm statistics; the clients'
+        validation and the central test of a round share one copy."""
+        if last_scored.get("arrays") is not arrays:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            batch = cfg.runtime.eval_batch_size
+            last_scored.update(
+                arrays=arrays, model=recalibrated_copy(model, bn_images, batch, device)
+            )
+        return last_scored["model"]
+
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         recorder.check_round_trained(server_round)
         t0 = time.perf_counter()
@@ -101,8 +115,7 @@ def main(grid: Grid, context: Context) -> None:
         if bn_images is None:
             result = score(model)
         else:
-            batch = cfg.runtime.eval_batch_size
-            result = score(recalibrated_copy(model, bn_images, batch, device))
+            result = score(recalibrated(arrays))
             if cfg.runtime.eval_aggregated_too:
                 aggregated = score(model)
         recorder.record_round(
@@ -128,14 +141,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy.round_log = recorder.note_server
     strategy.sampling_seed = cfg.seed  # the same nodes each round, every run
     if bn_images is not None:  # clients validate the model the server scores
-
-        def scored_arrays(arrays: ArrayRecord) -> ArrayRecord:
-            model.load_state_dict(arrays.to_torch_state_dict())
-            batch = cfg.runtime.eval_batch_size
-            scored = recalibrated_copy(model, bn_images, batch, device)
-            return ArrayRecord(scored.state_dict())
-
-        strategy.scored_arrays = scored_arrays
+        strategy.scored_arrays = lambda a: ArrayRecord(recalibrated(a).state_dict())
     final = run_rounds(
         strategy,
         grid,
