@@ -83,6 +83,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-teacher": "smoothed-labels",
         "ce-loss": "balanced",
     },
+    # The teacher with the visual anchors as the fixed classifier, halfway to
+    # a simplex ETF: FedETF's recipe (balanced softmax, fixed frame) with the
+    # diffusion model's frame and teacher; fedetf is its random-frame control.
+    "semanticfl-zs-frame": {
+        "method": "semanticfl",
+        "kd-form": "posterior",
+        "ce-loss": "balanced",
+        "anchor-classifier": "visual",
+        "anchor-etf-mix": 0.5,
+    },
+    # FedDifRC's TDCL and NDCR with the same teacher added: against
+    # semanticfl-zs-balanced, what FedDifRC's own terms add to it.
+    "feddifrc-zs-balanced": {
+        "method": "feddifrc",
+        "zero-shot-weight": 1.0,
+        "ce-loss": "balanced",
+    },
 }
 
 

@@ -111,7 +111,8 @@ def train(msg: Message, context: Context) -> Message:
     # FedDifRC: this node's rows of the feature store, or (latent upload) its
     # features from the server; SemanticFL: the anchors.
     settings, uploaded = with_uploaded_features(msg, context.state, asked)
-    guidance = guidance_for(msg, settings, indices, labels, uploaded)
+    num_classes = get_spec(cfg.data.dataset).num_classes
+    guidance = guidance_for(msg, settings, indices, labels, uploaded, num_classes)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
 
     # MOON: z_prev comes from this node's model of its previous round, kept in

@@ -224,13 +224,19 @@ def guidance_for(
     indices: np.ndarray,
     labels: Tensor,
     uploaded: ArrayRecord | None = None,
+    num_classes: int | None = None,
 ) -> Guidance | None:
     """Everything the switched-on guided terms need (None for other methods).
 
     ``uploaded``: this node's features from the latent-upload query round
     (``client_app.latents.held_features``), when the run uses it.
+    ``num_classes``: the classes of the smoothed-label teacher.
     """
-    if not (settings.needs_instance_features or settings.needs_anchors):
+    if not (
+        settings.needs_instance_features
+        or settings.needs_anchors
+        or settings.needs_teacher
+    ):
         return None
     if (
         settings.needs_teacher
@@ -256,7 +262,8 @@ def guidance_for(
         text, visual = anchors_from_message(msg)
         parts.update(text_anchors=text, visual_anchors=visual)
     if settings.needs_teacher and settings.kd_teacher_smoothing is not None:
-        num_classes = parts["visual_anchors"].shape[0]
+        if num_classes is None:
+            raise ValueError("the smoothed-label teacher needs num_classes")
         parts["teacher"] = smoothed_labels(
             labels, num_classes, settings.kd_teacher_smoothing
         )

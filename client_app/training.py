@@ -110,8 +110,12 @@ class LocalSettings:
 
     @property
     def needs_anchors(self) -> bool:
-        """Whether a SemanticFL term is on (it needs the anchors record)."""
-        return self.kd_weight is not None or self.con_weight is not None
+        """Whether a SemanticFL anchor term is on (it needs the anchors record).
+
+        The posterior form distils the zero-shot teacher, not the anchors.
+        """
+        anchor_kd = self.kd_weight is not None and self.kd_form != "posterior"
+        return anchor_kd or self.con_weight is not None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalSettings:

@@ -188,9 +188,9 @@ def prepare_semanticfl(
         anchors = build_anchors(session, split.public, progress=False)
         fingerprint = session.extractor.model.fingerprint
         info: dict[str, Any] = {"anchors-from": int(len(split.public))}
-        if cfg.semanticfl.kd_form == "posterior":
+        if cfg.zero_shot_teacher:
             teacher, teacher_info = prepare_teacher(
-                session, split, cfg.semanticfl.kd_teacher
+                session, split, cfg.guidance.kd_teacher
             )
             info["teacher"] = teacher_info
     text, visual = anchors["text"].float(), anchors["visual"].float()
@@ -229,13 +229,19 @@ def feddifrc_kinds(cfg: RunConfig) -> tuple[str, ...]:
     return ("noise",) if cfg.feddifrc.ndcr_weight > 0 else ()
 
 
-def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
-    """Extract every client sample's features into the store; return its path."""
+def prepare_feddifrc(
+    cfg: RunConfig, split: DataSplit
+) -> tuple[str, dict, dict[str, Any] | None]:
+    """Extract every client sample's features into the store; return its path.
+
+    Also returns a record and, with ``zero-shot-weight > 0``, the zero-shot
+    teacher (``server_app.teacher``), whose errors go in the same store.
+    """
     from diffusion_service import extract
 
     kinds = feddifrc_kinds(cfg)
-    if not kinds:
-        return "", {}
+    if not kinds and not cfg.zero_shot_teacher:
+        return "", {}, None
     num_negatives = (
         None
         if cfg.feddifrc.self_supervised or cfg.feddifrc.tdcl_negatives == 0
@@ -250,9 +256,16 @@ def prepare_feddifrc(cfg: RunConfig, split: DataSplit) -> tuple[str, dict]:
     ) as session:
         stats = extract(session, kinds=kinds, indices=indices, progress=False)
         fingerprint = session.extractor.model.fingerprint
+        teacher = None
+        if cfg.zero_shot_teacher:
+            teacher, teacher_info = prepare_teacher(
+                session, split, cfg.guidance.kd_teacher
+            )
     computed = {k: v["computed"] for k, v in stats.items()}
     info = {"samples": int(len(indices)), "computed": computed, "model": fingerprint}
-    return str(session.store.path), info
+    if teacher is not None:
+        info["teacher"] = teacher_info
+    return str(session.store.path), info, teacher
 
 
 def prepare_feddifrc_latents(
@@ -351,8 +364,8 @@ def guidance_kwargs(
         features, info = prepare_feddifrc_latents(cfg, split, grid)
         kwargs = {"node_features": features}
     else:
-        path, info = prepare_feddifrc(cfg, split)
-        kwargs = {"store_path": path}
+        path, info, teacher = prepare_feddifrc(cfg, split)
+        kwargs = {"store_path": path, "teacher": teacher}
         info = {**info, "store": path}
     if cfg.classifier == "anchors":  # computed here once, sent to every client
         anchors = anchors or classifier_anchors(cfg, split)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flwr.common import log
 
-from common import seeding
+from common import keys, seeding
 from common.partition import DataSplit
 
 if TYPE_CHECKING:
@@ -82,3 +82,18 @@ def prepare_teacher(
     if kind == "smoothed-labels":
         return {"smoothing": off_label}, info
     return {"store": str(session.store.path), "tau": tau}, info
+
+
+def teacher_config(teacher: dict[str, Any]) -> dict[str, Any]:
+    """The train-config keys that carry a prepared teacher to the clients.
+
+    The store and the fitted temperature for the zero-shot teacher, or the
+    smoothing of its control; the distillation's own weight and form are the
+    strategy's.
+    """
+    if "smoothing" in teacher:
+        return {keys.KD_TEACHER_SMOOTHING: float(teacher["smoothing"])}
+    return {
+        keys.FEATURE_STORE: str(teacher["store"]),
+        keys.KD_TEACHER_TAU: float(teacher["tau"]),
+    }

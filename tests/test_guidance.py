@@ -97,7 +97,8 @@ def test_feddifrc_store_holds_every_client_sample_and_clients_read_their_own(
 
     cfg = _cfg(defaults, tiny_sd_dir, tmp_path)
     split = data_split(cfg)
-    path, info = server_guidance.prepare_feddifrc(cfg, split)
+    path, info, teacher = server_guidance.prepare_feddifrc(cfg, split)
+    assert teacher is None  # the paper's form: zero-shot-weight 0
     store = FeatureStore(server_guidance.Path(path))
     everyone = np.unique(np.concatenate(split.clients))
     np.testing.assert_array_equal(store.stored_indices("cond"), everyone)
@@ -135,12 +136,12 @@ def test_feddifrc_sampled_negatives_and_self_supervised_layouts(
     cfg = _cfg(defaults, tiny_sd_dir, tmp_path, **{"tdcl-negatives": 3})
     split = data_split(cfg)
     own = split.clients[0]
-    path, _ = server_guidance.prepare_feddifrc(cfg, split)
+    path, _, _ = server_guidance.prepare_feddifrc(cfg, split)
     g = instance_features(path, own, labels[own], tdcl=True, ndcr=False)
     assert g.f_neg.shape == (len(own), 3, D) and g.f_noise is None
 
     ss = _cfg(defaults, tiny_sd_dir, tmp_path, **{"self-supervised": True})
-    ss_path, _ = server_guidance.prepare_feddifrc(ss, split)
+    ss_path, _, _ = server_guidance.prepare_feddifrc(ss, split)
     assert ss_path != path
     wrong = torch.full_like(labels[own], 99)  # labels are not read
     g = instance_features(

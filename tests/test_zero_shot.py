@@ -22,6 +22,7 @@ from diffusion_service.zero_shot import (
     posterior,
 )
 from server_app import guidance as server_guidance
+from server_app.strategies.feddifrc import FedDifRC
 from server_app.strategies.semanticfl import SemanticFL
 
 pytest_plugins = ("diffusion_conftest",)
@@ -207,14 +208,79 @@ def test_the_smoothed_labels_control_carries_one_number_of_the_teacher(
     assert set(stored) <= set(split.public)
 
 
-def test_kd_teacher_belongs_to_the_posterior_form(defaults, tiny_sd_dir, tmp_path):
-    with pytest.raises(ConfigError, match="kd-teacher"):
-        _cfg(
-            defaults,
-            tiny_sd_dir,
-            tmp_path,
-            **{"kd-form": "classes", "kd-teacher": "smoothed-labels"},
-        )
+def test_kd_teacher_belongs_to_a_run_with_the_teacher(defaults, tiny_sd_dir, tmp_path):
+    for overrides in (
+        {"kd-form": "classes"},
+        {"method": "feddifrc"},  # zero-shot-weight 0: FedDifRC's paper form
+    ):
+        with pytest.raises(ConfigError, match="kd-teacher"):
+            _cfg(
+                defaults,
+                tiny_sd_dir,
+                tmp_path,
+                **{**overrides, "kd-teacher": "smoothed-labels"},
+            )
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        ({"method": "semanticfl"}, "kd-form = 'posterior'"),
+        ({"method": "feddifrc", "self-supervised": True}, "self-supervised"),
+        ({"method": "feddifrc", "feddifrc-features": "latent-upload"}, "latent-upload"),
+    ],
+)
+def test_feddifrcs_zero_shot_weight_is_refused_where_it_cannot_run(
+    defaults, tiny_sd_dir, tmp_path, overrides, says
+):
+    with pytest.raises(ConfigError, match=says):
+        _cfg(defaults, tiny_sd_dir, tmp_path, **{"zero-shot-weight": 1.0, **overrides})
+
+
+def test_feddifrc_distils_the_same_teacher_next_to_its_own_terms(
+    defaults, tiny_sd_dir, tmp_path, task_identity
+):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+    from client_app.guidance import guidance_for
+    from common import keys
+
+    cfg = _cfg(
+        defaults,
+        tiny_sd_dir,
+        tmp_path,
+        **{"method": "feddifrc", "zero-shot-weight": 0.5, "kd-form": "coordinates"},
+    )
+    assert cfg.zero_shot_teacher
+    split = data_split(cfg)
+    path, info, teacher = server_guidance.prepare_feddifrc(cfg, split)
+    assert teacher["store"] == path and teacher["tau"] == info["teacher"]["tau"]
+    # The paper's form takes no teacher, and a weight needs one.
+    with pytest.raises(ValueError, match="teacher"):
+        FedDifRC(store_path=path, zero_shot_weight=0.5)
+    with pytest.raises(ValueError, match="teacher"):
+        FedDifRC(store_path=path, teacher=teacher)
+
+    class _Grid:
+        def get_node_ids(self):
+            return [4, 5]  # FedAvg waits for 2 nodes
+
+    strategy = FedDifRC(store_path=path, zero_shot_weight=0.5, teacher=teacher)
+    config = ConfigRecord({keys.LR: 0.1, keys.MOMENTUM: 0.0, keys.WEIGHT_DECAY: 0.0,
+                           keys.LOCAL_EPOCHS: 1, keys.BATCH_SIZE: 4})  # fmt: skip
+    strategy.configure_train(1, ArrayRecord(), config, _Grid())
+    assert config[keys.KD_WEIGHT] == 0.5 and config[keys.KD_FORM] == "posterior"
+    assert config[keys.KD_TEACHER_TAU] == teacher["tau"]
+    assert config[keys.FEATURE_STORE] == path
+    # The client reads its rows of the teacher without SemanticFL's anchors.
+    settings = LocalSettings.from_config(config)
+    assert settings.needs_teacher and not settings.needs_anchors
+    own = split.clients[0]
+    msg = Message(content=RecordDict({}), dst_node_id=1, message_type="train")
+    labels = torch.zeros(len(own), dtype=torch.long)
+    g = guidance_for(msg, settings, own, labels, num_classes=10)
+    torch.testing.assert_close(g.teacher, zero_shot_teacher(path, own, teacher["tau"]))
+    assert g.f_pos is not None and g.visual_anchors is None
 
 
 def test_a_client_builds_the_controls_teacher_from_its_own_labels(task_identity):
@@ -238,10 +304,12 @@ def test_a_client_builds_the_controls_teacher_from_its_own_labels(task_identity)
         lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=4,
         kd_weight=1.0, kd_form="posterior", kd_teacher_smoothing=0.2,
     )  # fmt: skip
-    g = guidance_for(msg, settings, np.array([5, 9]), torch.tensor([1, 2]))
+    g = guidance_for(
+        msg, settings, np.array([5, 9]), torch.tensor([1, 2]), num_classes=3
+    )
     torch.testing.assert_close(
         g.teacher, torch.tensor([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     )
     no_teacher = LocalSettings(**{**settings.__dict__, "kd_teacher_smoothing": None})
     with pytest.raises(KeyError, match="smoothing"):
-        guidance_for(msg, no_teacher, np.array([5, 9]), torch.tensor([1, 2]))
+        guidance_for(msg, no_teacher, np.array([5, 9]), torch.tensor([1, 2]), None, 3)

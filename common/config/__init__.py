@@ -149,6 +149,15 @@ class RunConfig:
         return "linear"
 
     @property
+    def zero_shot_teacher(self) -> bool:
+        """Whether the guided method distils the zero-shot teacher (ours)."""
+        if self.method == "semanticfl":
+            return (
+                self.semanticfl.kd_weight > 0 and self.semanticfl.kd_form == "posterior"
+            )
+        return self.method == "feddifrc" and self.feddifrc.zero_shot_weight > 0
+
+    @property
     def method_info(self) -> Method:
         """The registry entry of ``method`` (``common.methods``)."""
         return get_method(self.method)
@@ -204,19 +213,36 @@ class RunConfig:
                 "run-config 'feddifrc-features' = 'latent-upload' needs method "
                 f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
-        if (
-            self.semanticfl.kd_teacher != "zero-shot"
-            and self.semanticfl.kd_form != "posterior"
+        if self.feddifrc.zero_shot_weight > 0 and not (
+            self.method == "feddifrc" and not self.feddifrc.self_supervised
         ):
             raise ConfigError(
-                f"kd-teacher = '{self.semanticfl.kd_teacher}' is the teacher of "
-                f"kd-form 'posterior' (got kd-form '{self.semanticfl.kd_form}')"
+                f"zero-shot-weight = {self.feddifrc.zero_shot_weight} adds the "
+                "zero-shot teacher to FedDifRC with labels; method "
+                f"'{self.method}'"
+                + (" is self-supervised" if self.feddifrc.self_supervised else "")
+                + " (SemanticFL's teacher is kd-form = 'posterior'): set "
+                "zero-shot-weight = 0"
             )
-        if self.semanticfl.kd_form == "posterior" and self.guidance.service:
+        if self.guidance.kd_teacher != "zero-shot" and not self.zero_shot_teacher:
             raise ConfigError(
-                "kd-form = 'posterior' needs the guidance model in the ServerApp: "
-                "the guidance service computes features, not the zero-shot "
-                "denoising errors; unset guidance-service or pick another kd-form"
+                f"kd-teacher = '{self.guidance.kd_teacher}' chooses the zero-shot "
+                "teacher, which is off: it needs semanticfl with kd-form "
+                "'posterior' or feddifrc with zero-shot-weight > 0"
+            )
+        if self.zero_shot_teacher and self.guidance.service:
+            raise ConfigError(
+                "the zero-shot teacher (kd-form = 'posterior', zero-shot-weight) "
+                "needs the guidance model in the ServerApp: the guidance service "
+                "computes features, not the zero-shot denoising errors; unset "
+                "guidance-service or switch the teacher off"
+            )
+        if self.zero_shot_teacher and self.feddifrc.features == "latent-upload":
+            raise ConfigError(
+                "zero-shot-weight > 0 reads every client sample's denoising errors "
+                "from the server's store; with feddifrc-features = "
+                "'latent-upload' the server never holds the images: use "
+                "'server-store' or set zero-shot-weight = 0"
             )
         if self.sgd.ce_loss == "balanced":
             if method.model != "classifier":

@@ -43,6 +43,12 @@ class GuidanceConfig:
     # 1 = FedETF's geometry).
     anchor_classifier: str = "none"
     anchor_etf_mix: float = 0.0
+    # The zero-shot teacher of both guided methods (SemanticFL's kd-form
+    # "posterior", FedDifRC's zero-shot-weight): the diffusion model's
+    # posterior of each image, or its control (ours): the sample's own label
+    # smoothed by the teacher's average off-label mass, which carries no
+    # diffusion content beyond that one number.
+    kd_teacher: str = "zero-shot"
 
     @property
     def up_blocks(self) -> tuple[int, ...]:
@@ -55,6 +61,7 @@ class GuidanceConfig:
         return self.service or "in-process"
 
     def validate(self) -> None:
+        one_of("kd-teacher", self.kd_teacher, ("zero-shot", "smoothed-labels"))
         one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
         check(
             0.0 <= self.anchor_etf_mix <= 1.0,

@@ -43,12 +43,18 @@ class FedDifRCConfig:
     ndcr_mode: str = "cosine"
     ndcr_tau: float = 0.1  # kl mode; the released code's 1.0 makes NDCR a no-op
     self_supervised: bool = False
+    # Ours: SemanticFL's zero-shot teacher (kd-form "posterior") as an added
+    # term, so both guided methods can be measured with it (0 = off, the
+    # paper's form). The teacher is chosen by kd-teacher.
+    zero_shot_weight: float = 0.0
     features: str = keyed("server-store", "feddifrc-features")
     share_latents: bool = False
 
     def validate(self) -> None:
         _weights_and_temperatures(
-            self, ("tdcl-weight", "ndcr-weight"), ("tdcl-tau", "ndcr-tau")
+            self,
+            ("tdcl-weight", "ndcr-weight", "zero-shot-weight"),
+            ("tdcl-tau", "ndcr-tau"),
         )
         one_of("ndcr-mode", self.ndcr_mode, NDCR_MODES)
         one_of("feddifrc-features", self.features, FEDDIFRC_FEATURES)
@@ -75,11 +81,6 @@ class SemanticFLConfig:
     # diffusion model's own zero-shot posterior of each image distilled into
     # the classifier ("posterior", ours; diffusion_service/zero_shot.py).
     kd_form: str = "coordinates"
-    # The posterior form's teacher: the diffusion model's zero-shot posterior
-    # of each image, or its control (ours): the sample's own label smoothed
-    # by the teacher's average off-label mass, which carries no diffusion
-    # content beyond that one number.
-    kd_teacher: str = "zero-shot"
     con_weight: float = 0.01
     con_tau: float = 0.05
     # Where the text anchors live: a seeded random orthonormal map of the
@@ -92,5 +93,4 @@ class SemanticFLConfig:
             self, ("kd-weight", "con-weight"), ("kd-temperature", "con-tau")
         )
         one_of("kd-form", self.kd_form, KD_FORMS)
-        one_of("kd-teacher", self.kd_teacher, ("zero-shot", "smoothed-labels"))
         one_of("text-anchor-map", self.text_anchor_map, ("random", "aligned"))

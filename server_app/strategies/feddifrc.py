@@ -15,6 +15,7 @@ from common import keys
 from common.config import FedDifRCConfig
 from server_app.strategies.anchor_frame import AnchorFrame
 from server_app.strategies.update_guard import UpdateGuard
+from server_app.teacher import teacher_config
 
 
 class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
@@ -47,6 +48,12 @@ class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
         No labels on the clients: generic-prompt positive, class-name negatives.
     tdcl_negatives : int
         Self-supervised: negatives used per batch (0 = all stored).
+    zero_shot_weight : float
+        Ours: weight of SemanticFL's zero-shot distillation (``kd-form =
+        "posterior"``) added to FedDifRC's terms; 0 is the paper's form.
+    teacher : dict, optional
+        The prepared teacher when ``zero_shot_weight > 0``
+        (``server_app.teacher.prepare_teacher``).
     frame : ndarray, optional
         The anchor classifier's (C, C) class vectors (``anchor-classifier``,
         ours; :class:`~server_app.strategies.anchor_frame.AnchorFrame`).
@@ -66,9 +73,17 @@ class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
         ndcr_tau: float = 0.1,
         self_supervised: bool = False,
         tdcl_negatives: int = 0,
+        zero_shot_weight: float = 0.0,
+        teacher: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if (zero_shot_weight > 0) != (teacher is not None):
+            raise ValueError(
+                "zero_shot_weight > 0 needs the zero-shot teacher and a weight of "
+                f"0 takes none (zero_shot_weight {zero_shot_weight}, teacher {teacher!r})"
+            )
+        self.zero_shot_weight, self.teacher = zero_shot_weight, teacher
         if (tdcl_weight > 0 or ndcr_weight > 0) and not (
             store_path or node_features is not None
         ):
@@ -99,6 +114,7 @@ class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
             ndcr_tau=section.ndcr_tau,
             self_supervised=section.self_supervised,
             tdcl_negatives=section.tdcl_negatives,
+            zero_shot_weight=section.zero_shot_weight,
             **kwargs,
         )
 
@@ -116,6 +132,11 @@ class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
             config[keys.NDCR_TAU] = self.ndcr_tau
         if self.store_path:
             config[keys.FEATURE_STORE] = self.store_path
+        if self.teacher is not None:  # the client term is SemanticFL's posterior form
+            config[keys.KD_WEIGHT] = self.zero_shot_weight
+            config[keys.KD_TEMPERATURE] = 1.0  # unused by the posterior form
+            config[keys.KD_FORM] = "posterior"
+            config.update(teacher_config(self.teacher))
         if self.node_features is not None:
             config[keys.FEATURE_SOURCE] = "latent-upload"
         if self.self_supervised:
@@ -160,13 +181,14 @@ class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
         log(
             INFO,
             "\t├──> FedDifRC: tdcl %s (tau %s), ndcr %s (%s, tau %s), "
-            "self-supervised %s, store %s%s",
+            "self-supervised %s, zero-shot teacher %s, store %s%s",
             self.tdcl_weight,
             self.tdcl_tau,
             self.ndcr_weight,
             self.ndcr_mode,
             self.ndcr_tau,
             self.self_supervised,
+            self.zero_shot_weight,
             self.store_path
             or (
                 f"latent upload ({len(self.node_features)} nodes)"

@@ -16,6 +16,7 @@ from common import keys
 from common.config import SemanticFLConfig
 from server_app.strategies.anchor_frame import AnchorFrame
 from server_app.strategies.update_guard import UpdateGuard
+from server_app.teacher import teacher_config
 
 
 class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
@@ -68,7 +69,7 @@ class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (kd_form == "posterior") != (teacher is not None):
+        if (kd_form == "posterior" and kd_weight > 0) != (teacher is not None):
             raise ValueError(
                 "kd_form 'posterior' needs the zero-shot teacher and no other "
                 f"form takes one (kd_form {kd_form!r}, teacher {teacher!r})"
@@ -111,11 +112,8 @@ class SemanticFL(AnchorFrame, UpdateGuard, FedAvg):
             config[keys.KD_WEIGHT] = self.kd_weight
             config[keys.KD_TEMPERATURE] = self.kd_temperature
             config[keys.KD_FORM] = self.kd_form
-            if self.teacher is not None and "smoothing" in self.teacher:
-                config[keys.KD_TEACHER_SMOOTHING] = float(self.teacher["smoothing"])
-            elif self.teacher is not None:
-                config[keys.FEATURE_STORE] = self.teacher["store"]
-                config[keys.KD_TEACHER_TAU] = float(self.teacher["tau"])
+            if self.teacher is not None:
+                config.update(teacher_config(self.teacher))
         if self.con_weight > 0:
             config[keys.CON_WEIGHT] = self.con_weight
             config[keys.CON_TAU] = self.con_tau
