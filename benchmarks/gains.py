@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.matrix import last_rounds_accuracy
+from benchmarks.matrix import has_metric, last_rounds_accuracy
 from benchmarks.stats import minimum_detectable_effect, paired_gain, seeds_for_mde
 from common import keys
 from common.io import atomic_write_text
@@ -95,6 +95,23 @@ def gains_rows(
             if row["scenario"] == scenario and row["method"] == reference:
                 row["mde"] = mde  # the reference's row holds the scenario's MDE
     return rows
+
+
+def scored_runs(
+    runs: Mapping[tuple[str, str], Mapping[int, Path]],
+    k: int,
+    metric: str,
+    reference: str = "fedavg",
+) -> dict[tuple[str, str], Mapping[int, Path]]:
+    """The (scenario, method) groups whose every cell recorded ``metric`` in
+    its last ``k`` rounds, in scenarios whose ``reference`` did too."""
+    scored = {
+        key: seeds
+        for key, seeds in runs.items()
+        if all(has_metric(d, metric, k) for d in seeds.values())
+    }
+    paired = {scenario for scenario, method in scored if method == reference}
+    return {key: seeds for key, seeds in scored.items() if key[0] in paired}
 
 
 def pooled_paired_std(

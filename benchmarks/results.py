@@ -47,7 +47,6 @@ from benchmarks.matrix import (
     cell_done,
     cell_overrides,
     fmt_time,
-    has_metric,
     run_matrix,
     write_csv,
 )
@@ -215,15 +214,19 @@ def build_report(
     # Runs with validation-fraction: the same table on the clients' held-out
     # parts, which is what settings are chosen on.
     val_text = ""
-    if all(
-        has_metric(d, VALIDATION_ACCURACY, profile.last_k) for seeds in by_seed.values()
-        for d in seeds.values()
-    ):  # fmt: skip
+    scored = gains.scored_runs(by_seed, profile.last_k, VALIDATION_ACCURACY, REFERENCE)
+    if scored:
         val_table = gains.gains_rows(
-            by_seed, profile.last_k, REFERENCE, VALIDATION_ACCURACY
+            scored, profile.last_k, REFERENCE, VALIDATION_ACCURACY
         )
         gains.write_gains_csv(val_table, out / "validation.csv")
         val_text = gains.gains_markdown(val_table)
+        if left_out := sorted(set(by_seed) - set(scored)):
+            val_text += "\n\nLeft out (cells run without the clients' validation): " + (
+                ", ".join(f"{m} ({s})" for s, m in left_out)
+            )
+    else:  # no table rather than one from other cells
+        (out / "validation.csv").unlink(missing_ok=True)
     # Cells run with --eval-aggregated-too: both BatchNorm measurements compared.
     both = bn_measurement.with_both_scores(by_seed, profile.last_k)
     bn_text = ""

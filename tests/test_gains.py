@@ -13,6 +13,7 @@ from benchmarks.gains import (
     last_k_accuracy,
     plain_reading,
     plot_gains,
+    scored_runs,
     write_gains_csv,
 )
 from benchmarks.matrix import VALIDATION_ACCURACY, has_metric
@@ -47,7 +48,10 @@ def test_the_validation_table_reads_the_clients_held_out_scores(tmp_path):
         {
             "round": r,
             "central-accuracy": 0.5,
-            "validation": {"eval-balanced-accuracy": 0.6 if r % 2 else 0.8, "clients": 3},
+            "validation": {
+                "eval-balanced-accuracy": 0.6 if r % 2 else 0.8,
+                "clients": 3,
+            },
         }
         for r in range(1, 5)
     ]
@@ -59,6 +63,17 @@ def test_the_validation_table_reads_the_clients_held_out_scores(tmp_path):
     assert not has_metric(plain, VALIDATION_ACCURACY)
     with pytest.raises(ValueError, match="have no .validation/eval-balanced-accuracy."):
         last_k_accuracy(plain, 2, VALIDATION_ACCURACY)
+    # The validation table keeps the groups scored throughout, in scenarios
+    # whose reference was scored too.
+    runs = {
+        ("a", "fedavg"): {0: folder, 1: folder},
+        ("a", "x"): {0: folder, 1: plain},  # one cell without validation
+        ("a", "y"): {0: folder},
+        ("b", "fedavg"): {0: plain},
+        ("b", "y"): {0: folder},  # nothing to pair with
+    }
+    kept = scored_runs(runs, 2, VALIDATION_ACCURACY, "fedavg")
+    assert list(kept) == [("a", "fedavg"), ("a", "y")]
 
 
 def test_a_known_table_of_seeds(tmp_path):
