@@ -93,6 +93,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-classifier": "visual",
         "anchor-etf-mix": 0.5,
     },
+    # Its frame control: the same with a simplex ETF (mix 1, every pair of
+    # classes equally apart) in place of the anchors' geometry.
+    "semanticfl-zs-etf": {
+        "method": "semanticfl",
+        "kd-form": "posterior",
+        "ce-loss": "balanced",
+        "anchor-classifier": "visual",
+        "anchor-etf-mix": 1.0,
+    },
     # FedDifRC's TDCL and NDCR with the same teacher added: against
     # semanticfl-zs-balanced, what FedDifRC's own terms add to it.
     "feddifrc-zs-balanced": {
