@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from common import keys
-from common.config import RunConfig
+from common.config import PAPER_FORMS, SECTIONS, RunConfig
+from common.config.fields import section_keys
 from common.methods import UnknownMethodError, get_method
 from deploy.local_sim import resolve_config, run_simulation
 
@@ -42,8 +43,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 # Variant label -> its run-config overrides (a plain method name needs none).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "feddifrc-mlp": {"method": "feddifrc", "guidance-head": "mlp"},
-    "semanticfl-mlp": {"method": "semanticfl", "guidance-head": "mlp"},
+    # The papers' forms (as we read them): the guided methods without the
+    # zero-shot teacher that is their default now (PAPER_FORMS).
+    "feddifrc-paper": {"method": "feddifrc", **PAPER_FORMS},
+    "semanticfl-paper": {"method": "semanticfl", **PAPER_FORMS},
+    "feddifrc-mlp": {"method": "feddifrc", "guidance-head": "mlp", **PAPER_FORMS},
+    "semanticfl-mlp": {"method": "semanticfl", "guidance-head": "mlp", **PAPER_FORMS},
     # Probes of where FedETF's gain comes from and whether diffusion anchors
     # in its place do better (chosen before looking, not tuned).
     "fedetf-ce": {"method": "fedetf", "etf-loss": "ce"},
@@ -69,12 +74,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # distilled into the classifier (kd-form "posterior"), with plain and
     # with balanced cross-entropy; fedavg and fedavg-balanced are the same
     # runs without the teacher.
-    "semanticfl-zs": {"method": "semanticfl", "kd-form": "posterior"},
-    "semanticfl-zs-balanced": {
-        "method": "semanticfl",
-        "kd-form": "posterior",
-        "ce-loss": "balanced",
-    },
+    # (semanticfl-zs-balanced, the teacher with the balanced softmax, is
+    # SemanticFL's default now: method "semanticfl".)
+    "semanticfl-zs": {"method": "semanticfl", "kd-form": "posterior", "ce-loss": "ce"},
     # The student ends far below its teacher (62% against 83.5% at Dirichlet
     # 0.05): a heavier distillation, to be chosen on validation.
     "semanticfl-zs-balanced-kd3": {
@@ -110,13 +112,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-classifier": "visual",
         "anchor-etf-mix": 1.0,
     },
-    # FedDifRC's TDCL and NDCR with the same teacher added: against
-    # semanticfl-zs-balanced, what FedDifRC's own terms add to it.
-    "feddifrc-zs-balanced": {
-        "method": "feddifrc",
-        "zero-shot-weight": 1.0,
-        "ce-loss": "balanced",
-    },
+    # (feddifrc-zs-balanced, FedDifRC's TDCL and NDCR with the same teacher
+    # and the balanced softmax, is FedDifRC's default now: against
+    # "semanticfl", what FedDifRC's own terms add to the teacher.)
 }
 
 
@@ -226,11 +224,47 @@ def has_metric(run_dir: Path, metric: str, k: int = 1) -> bool:
 # equal to 8 digits); whether the as-aggregated score is recorded beside the
 # primary one.
 RESULT_NEUTRAL_KEYS = (
+    "run-name",
     "output-dir",
     "feature-store",
     "eval-batch-size",
     "eval-aggregated-too",
 )
+
+BEFORE_KEYS: dict[str, Any] = {**PAPER_FORMS, "ce-loss": "ce"}
+"""How a run behaved before these keys existed: their defaults were first the
+papers' forms and plain cross-entropy, then became the zero-shot teacher."""
+
+METHOD_SECTIONS = ("baselines", "feddifrc", "semanticfl", "fedddpm")
+"""The config sections a strategy owns (``common.methods.Section``): only the
+method whose registry entry names one reads its keys."""
+
+
+def other_methods_keys(method: str) -> frozenset[str]:
+    """Keys of the method sections ``method`` does not read.
+
+    A changed default of, say, SemanticFL's distillation leaves a FedAvg cell
+    as it was: without this, every finished cell would be rerun.
+    """
+    own = get_method(method).section
+    return frozenset(
+        key
+        for name in METHOD_SECTIONS
+        if name != own
+        for key in section_keys(SECTIONS[name])
+    )
+
+
+def _resolved_ce(run_config: dict[str, Any]) -> dict[str, Any]:
+    """``ce-loss = "auto"`` as the loss it resolves to (``RunConfig.balanced_ce``).
+
+    A cell recorded with the explicit loss that "auto" now picks computed the
+    same thing, so it stays reusable.
+    """
+    if run_config.get("ce-loss") != "auto":
+        return run_config
+    balanced = RunConfig.from_run_config(run_config).balanced_ce
+    return {**run_config, "ce-loss": "balanced" if balanced else "ce"}
 
 
 def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
@@ -244,13 +278,16 @@ def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
         return ""
     # Compare whole resolved configs (pyproject defaults + overrides). A key
     # missing from an older run's record did not exist then; that run behaved
-    # as the key's default does.
-    done = {**RunConfig().to_run_config(), **json.loads(path.read_text())}
+    # as the key's default does, or as its first default did (BEFORE_KEYS).
+    recorded = json.loads(path.read_text())
+    done = {**RunConfig().to_run_config(), **BEFORE_KEYS, **recorded}
     wanted = resolve_config(APP_DIR, overrides).to_run_config()
+    done, wanted = _resolved_ce(done), _resolved_ce(wanted)
+    neutral = set(RESULT_NEUTRAL_KEYS) | other_methods_keys(wanted["method"])
     differ = [
         f"{k}={done.get(k)!r} not {v!r}"
         for k, v in wanted.items()
-        if k not in RESULT_NEUTRAL_KEYS and done.get(k) != v
+        if k not in neutral and done.get(k) != v
     ]
     return ", ".join(differ)
 

@@ -62,6 +62,9 @@ class CostModel:
     anchors_s: float  # SemanticFL: class anchors per cell
     generation_s: float  # fedavg-adapt: its labelled images, once per cell
     source: str
+    # The zero-shot teacher (the guided methods' default): every client
+    # sample's denoising errors, 60 U-Net passes each, once per store.
+    teacher_s_per_sample: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ class Profile:
         )
         trained = per_round * cap * cfg.sgd.local_epochs
         pool = TRAIN_SIZE - cfg.data.public_split_size
-        seen, out = 0.0, []
+        seen, taught, out = 0.0, 0.0, []
         for label in (cell.method for cell in cells):
             factor = c.method_factor.get(label, max(c.method_factor.values()))
             seconds = c.startup_s + self.rounds * (
@@ -205,6 +208,10 @@ class Profile:
                 seconds += new * c.extraction_s_per_sample
             if prepares == "class-anchors":
                 seconds += c.anchors_s
+            if cfg.with_overrides(method_overrides(label)).zero_shot_teacher:
+                new = min(cfg.federation.num_clients * cap, pool) * (1 - taught / pool)
+                taught += new
+                seconds += new * c.teacher_s_per_sample
             if prepares == "generated-set" and method.model == "classifier":
                 seconds += c.generation_s  # fedavg-adapt's images
             out.append(seconds)

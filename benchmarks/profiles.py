@@ -123,12 +123,17 @@ DECISIVE_COST = CostModel(
         "fedetf": 1.01,
         "feddifrc": 1.10,
         "semanticfl": 0.99,
+        "feddifrc-paper": 1.10,
+        "semanticfl-paper": 0.99,
         "fedavg-adapt": 1.03,
         "fedavg-public": 0.94,
     },
     extraction_s_per_sample=297 / 25_669,
     anchors_s=8.0,
     generation_s=46.0,
+    # The teacher: 8,620 samples' errors in 1,253 s on the slower EPYC part
+    # (semanticfl-zs-balanced, Dirichlet 0.05, seed 0), over the parts' 2.5x.
+    teacher_s_per_sample=1253 / 8620 / 2.5,
     source="benchmarks/results/decisive-aggregated/cells.csv (this profile's "
     "own cells before eval-bn-images, idle 2-core AMD EPYC, the faster part)",
 )

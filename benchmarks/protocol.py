@@ -28,6 +28,8 @@ REFERENCE = "fedavg"
 # momentum, an adaptive server optimiser), the guided methods, and the two
 # controls that say where a gain comes from (fedetf: a fixed classifier with
 # no diffusion model; fedavg-public: the labelled data behind the generator).
+# The guided methods twice: their defaults (the zero-shot teacher) and their
+# papers' forms (benchmarks.matrix.VARIANTS).
 DECISIVE_METHODS: tuple[str, ...] = (
     "fedavg",
     "fedprox",
@@ -37,6 +39,8 @@ DECISIVE_METHODS: tuple[str, ...] = (
     "fedetf",
     "feddifrc",
     "semanticfl",
+    "feddifrc-paper",
+    "semanticfl-paper",
     "fedavg-adapt",
     "fedavg-public",
 )

@@ -92,7 +92,9 @@ class LocalSettings:
     # SemanticFL
     kd_weight: float | None = None
     kd_temperature: float = SemanticFLConfig.kd_temperature
-    kd_form: str = SemanticFLConfig.kd_form
+    # What a train config that names no form means (the strategies always
+    # name it): the form that needs nothing beyond the anchors.
+    kd_form: str = "coordinates"
     kd_teacher_tau: float | None = None  # kd-form "posterior": the fitted temperature
     kd_teacher_smoothing: float | None = None  # its control: smoothed labels
     con_weight: float | None = None

@@ -174,7 +174,7 @@ def local_training_config(cfg: RunConfig) -> dict[str, float | int | bool]:
         keys.LOCAL_EPOCHS: cfg.sgd.local_epochs,
         keys.BATCH_SIZE: cfg.sgd.batch_size,
     }
-    if cfg.sgd.ce_loss == "balanced":  # sent only when on, as FedETF sends it
+    if cfg.balanced_ce:  # sent only when on, as FedETF sends it
         config[keys.BALANCED_CE] = True
     if cfg.sgd.lr_schedule != "constant":  # the client applies it per round
         config[keys.LR_SCHEDULE] = cfg.sgd.lr_schedule

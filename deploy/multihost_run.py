@@ -121,6 +121,10 @@ def run_multihost(
         overrides.setdefault("min-available-clients", nodes - 1)
     if guidance_service:
         overrides.setdefault("method", "semanticfl")
+        # The service computes features, not the zero-shot teacher's errors:
+        # the guided methods run their papers' forms against it.
+        overrides.setdefault("kd-form", "coordinates")
+        overrides.setdefault("zero-shot-weight", 0.0)
         overrides.update({
             "guidance-service": f"{net.server_ip}:{SERVICE_PORT}",
             "guidance-service-ca": str(certs / "ca.crt"),

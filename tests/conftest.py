@@ -32,6 +32,15 @@ def defaults() -> dict:
 
 
 @pytest.fixture(scope="session")
+def paper_defaults(defaults) -> dict:
+    """The defaults with both guided methods in their papers' forms (no
+    zero-shot teacher), for tests of those forms' own plumbing."""
+    from common.config import PAPER_FORMS
+
+    return {**defaults, **PAPER_FORMS}
+
+
+@pytest.fixture(scope="session")
 def fmnist_labels() -> np.ndarray:
     """The real Fashion-MNIST training labels (60,000)."""
     from common.datasets import load_dataset

@@ -137,14 +137,14 @@ def test_the_frame_is_never_sent_aggregated_or_trained(defaults):
 
 @pytest.mark.parametrize("method", ["semanticfl", "feddifrc"])
 def test_both_guided_methods_send_the_frame_in_train_and_evaluate_messages(
-    defaults, task_identity, method
+    paper_defaults, task_identity, method
 ):
     from flwr.app import ConfigRecord
 
     from server_app.strategies import strategy_class
 
     cfg = RunConfig.from_run_config(
-        {**defaults, "method": method, "anchor-classifier": "visual"}
+        {**paper_defaults, "method": method, "anchor-classifier": "visual"}
     )
     assert cfg.classifier == "anchors"
     frame = anchor_frame(_anchors(1), _anchors(), "visual", 0.5).numpy()

@@ -55,3 +55,50 @@ def test_a_key_added_since_a_cell_ran_counts_as_its_default(tmp_path):
     assert "guidance-head" in _config_mismatch(
         run_dir, {**overrides, "guidance-head": "mlp"}
     )
+
+
+def test_another_methods_settings_do_not_make_a_cell_stale(tmp_path):
+    # A FedAvg cell does not read SemanticFL's or FedDifRC's keys: changing
+    # their defaults must not rerun it. SemanticFL's own keys still count.
+    overrides = {"method": "fedavg", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / "fedavg"
+    _finished_cell(run_dir, overrides, [5.0])
+    other = {"kd-form": "classes", "zero-shot-weight": 2.0, "etf-loss": "ce"}
+    assert _config_mismatch(run_dir, {**overrides, **other}) == ""
+    assert "seed" in _config_mismatch(run_dir, {**overrides, "seed": 7})
+
+    guided = {**overrides, "method": "semanticfl"}
+    run_dir = tmp_path / "semanticfl"
+    _finished_cell(run_dir, guided, [5.0])
+    assert _config_mismatch(run_dir, {**guided, "zero-shot-weight": 2.0}) == ""
+    assert "kd-form" in _config_mismatch(run_dir, {**guided, "kd-form": "classes"})
+
+
+def test_auto_loss_matches_a_cell_recorded_with_the_loss_it_resolves_to(tmp_path):
+    # SemanticFL's default (the teacher, ce-loss "auto" = balanced) is the
+    # cell an earlier run recorded with the explicit balanced loss.
+    semanticfl = {"method": "semanticfl", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / "old"
+    _finished_cell(run_dir, {**semanticfl, "ce-loss": "balanced"}, [5.0])
+    assert _config_mismatch(run_dir, semanticfl) == ""
+    assert "ce-loss" in _config_mismatch(run_dir, {**semanticfl, "ce-loss": "ce"})
+    # without the teacher, "auto" is plain cross-entropy
+    paper = {**semanticfl, "kd-form": "coordinates"}
+    run_dir = tmp_path / "paper"
+    _finished_cell(run_dir, {**paper, "ce-loss": "ce"}, [5.0])
+    assert _config_mismatch(run_dir, paper) == ""
+    assert "ce-loss='ce' not 'balanced'" in _config_mismatch(
+        run_dir, {**paper, "ce-loss": "balanced"}
+    )
+
+
+def test_a_record_from_before_the_teacher_keys_ran_the_papers_forms(tmp_path):
+    overrides = {"method": "semanticfl", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / "old"
+    _finished_cell(run_dir, {**overrides, "kd-form": "coordinates"}, [5.0])
+    recorded = json.loads((run_dir / "config.json").read_text())
+    for key in ("kd-form", "ce-loss"):
+        del recorded[key]  # a run from before the keys existed
+    (run_dir / "config.json").write_text(json.dumps(recorded))
+    assert _config_mismatch(run_dir, {**overrides, "kd-form": "coordinates"}) == ""
+    assert "kd-form" in _config_mismatch(run_dir, overrides)  # today's default

@@ -2,8 +2,9 @@
 
 import pytest
 
+from common import keys
 from common.config import ConfigError, RunConfig
-from common.federation import partitioning
+from common.federation import local_training_config, partitioning
 from common.methods import METHODS
 from server_app.strategies import strategy_class
 
@@ -12,6 +13,8 @@ SERVICE = {
     "guidance-service": "gpu-host:50051",
     "guidance-service-ca": "certs/ca.crt",
     "guidance-service-token-file": "certs/token",
+    # the service computes no zero-shot teacher: SemanticFL's paper form
+    "kd-form": "coordinates",
 }
 
 
@@ -143,7 +146,7 @@ def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
             "guidance-service-insecure.*true or false",
         ),
         ({"model-norm": "layer"}, "model-norm.*valid: batch, group"),
-        ({"ce-loss": "focal"}, "ce-loss.*valid: balanced, ce"),
+        ({"ce-loss": "focal"}, "ce-loss.*valid: auto, balanced, ce"),
         ({"eval-bn-images": -1}, "eval-bn-images.*>= 0"),
         (
             {"eval-bn-images": 20000, "public-split-size": 1000},
@@ -215,6 +218,7 @@ def test_guidance_layers_parse(defaults):
         {**SERVICE, "guidance-service": "10.0.0.5:443"},
         {**SERVICE, "guidance-service": "[2001:db8::1]:50051"},
         {  # plain text, loopback only: tests
+            "kd-form": "coordinates",
             "guidance-service": "localhost:50051",
             "guidance-service-token-file": "token",
             "guidance-service-insecure": True,
@@ -236,3 +240,25 @@ def test_partition_seed_fixes_the_split_while_the_seed_varies(defaults):
 
     assert [split_seed(s, -1) for s in (0, 1, 2)] == [0, 1, 2]
     assert [split_seed(s, 7) for s in (0, 1, 2)] == [7, 7, 7]
+
+
+@pytest.mark.parametrize(
+    "overrides, balanced",
+    [
+        ({"method": "semanticfl"}, True),  # the default: teacher + balanced
+        ({"method": "feddifrc"}, True),
+        ({"method": "semanticfl", "kd-form": "coordinates"}, False),  # paper
+        ({"method": "feddifrc", "zero-shot-weight": 0.0}, False),
+        ({"method": "feddifrc", "self-supervised": True}, False),
+        ({"method": "fedavg"}, False),
+        ({"method": "semanticfl", "ce-loss": "ce"}, False),  # explicit wins
+        ({"method": "fedavg", "ce-loss": "balanced"}, True),
+    ],
+)
+def test_auto_loss_is_balanced_exactly_where_the_teacher_is_on(
+    defaults, overrides, balanced
+):
+    cfg = RunConfig.from_run_config({**defaults, **overrides})
+    assert cfg.sgd.ce_loss == overrides.get("ce-loss", "auto")
+    assert cfg.balanced_ce is balanced
+    assert (keys.BALANCED_CE in local_training_config(cfg)) is balanced

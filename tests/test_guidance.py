@@ -67,11 +67,13 @@ def test_store_root_defaults_under_the_output_dir(defaults, tmp_path):
     assert server_guidance.store_root(cfg) == tmp_path / "feature-store"
 
 
-def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tmp_path):
-    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="semanticfl")
+def test_semanticfl_anchors_come_from_the_public_split(
+    paper_defaults, tiny_sd_dir, tmp_path
+):
+    cfg = _cfg(paper_defaults, tiny_sd_dir, tmp_path, method="semanticfl")
     split = data_split(cfg)
     anchors, info, teacher = server_guidance.prepare_semanticfl(cfg, split)
-    assert teacher is None  # kd-form "coordinates": no zero-shot teacher
+    assert teacher is None  # kd-form "coordinates" (paper): no zero-shot teacher
     assert info["anchors-from"] == 30
     for name in ("text", "visual"):
         a = anchors[name]
@@ -91,11 +93,11 @@ def test_semanticfl_anchors_come_from_the_public_split(defaults, tiny_sd_dir, tm
 
 
 def test_feddifrc_store_holds_every_client_sample_and_clients_read_their_own(
-    defaults, tiny_sd_dir, tmp_path
+    paper_defaults, tiny_sd_dir, tmp_path
 ):
     from diffusion_service import FeatureStore, extract
 
-    cfg = _cfg(defaults, tiny_sd_dir, tmp_path)
+    cfg = _cfg(paper_defaults, tiny_sd_dir, tmp_path)
     split = data_split(cfg)
     path, info, teacher = server_guidance.prepare_feddifrc(cfg, split)
     assert teacher is None  # the paper's form: zero-shot-weight 0

@@ -34,7 +34,12 @@ from server_app.strategies.feddifrc import FedDifRC
 pytest_plugins = ("diffusion_conftest",)
 pytestmark = pytest.mark.usefixtures("single_thread", "task_identity")
 
-LATENT_UPLOAD = {"feddifrc-features": "latent-upload", "tdcl-negatives": 3}
+# The server holds no client image, so no zero-shot teacher: the paper's form.
+LATENT_UPLOAD = {
+    "feddifrc-features": "latent-upload",
+    "tdcl-negatives": 3,
+    "zero-shot-weight": 0.0,
+}
 
 
 class QueryGrid:
@@ -191,7 +196,9 @@ def test_features_are_sent_until_the_node_holds_them():
     strategy = FedDifRC(node_features={1: feats}, min_available_nodes=2)
 
     def round_messages(rnd):
-        msgs = strategy.configure_train(rnd, ArrayRecord(), ConfigRecord({}), TwoNodes())
+        msgs = strategy.configure_train(
+            rnd, ArrayRecord(), ConfigRecord({}), TwoNodes()
+        )
         return {m.metadata.dst_node_id: m for m in msgs}
 
     def reply(msg, guided):
@@ -224,4 +231,3 @@ def test_the_node_keeps_its_features_in_state():
     empty = Message(content=RecordDict(), message_type="train", dst_node_id=1)
     assert held_features(empty, state) is feats
     assert held_features(empty, RecordDict()) is None
-

@@ -220,12 +220,12 @@ def test_remote_extractor_bookkeeping_is_the_in_process_code(
 # ------------------------------------------------------- ServerApp guidance
 @pytest.mark.parametrize("method", ["semanticfl", "feddifrc"])
 def test_guidance_kwargs_through_the_service_equal_in_process(
-    defaults, tiny_sd_dir, tmp_path, address, certs, method
+    paper_defaults, tiny_sd_dir, tmp_path, address, certs, method
 ):
     """Same anchors / the same store folder, bit for bit; the record says where."""
-    local = _cfg(defaults, tiny_sd_dir, tmp_path / "local", method=method)
+    local = _cfg(paper_defaults, tiny_sd_dir, tmp_path / "local", method=method)
     remote = _cfg(
-        defaults, tiny_sd_dir, tmp_path / "remote", method=method,
+        paper_defaults, tiny_sd_dir, tmp_path / "remote", method=method,
         **service_keys(address, certs),
     )  # fmt: skip
     split = data_split(local)
@@ -250,7 +250,7 @@ def test_guidance_kwargs_through_the_service_equal_in_process(
 
 @pytest.mark.parametrize("why", ["nothing listening", "untrusted CA"])
 def test_unreachable_service_fails_naming_the_address(
-    defaults, tiny_sd_dir, tmp_path, address, certs, why
+    paper_defaults, tiny_sd_dir, tmp_path, address, certs, why
 ):
     """No server there, or a certificate the CA did not sign: a clear error first."""
     if why == "nothing listening":
@@ -261,7 +261,7 @@ def test_unreachable_service_fails_naming_the_address(
         **service_keys(target, ca),
         "guidance-service-token-file": str(certs / "token"),
     }
-    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="semanticfl", **keys)
+    cfg = _cfg(paper_defaults, tiny_sd_dir, tmp_path, method="semanticfl", **keys)
     with pytest.raises(GuidanceServiceUnavailableError) as err:
         guidance_kwargs(cfg, data_split(cfg))
     message = str(err.value)
@@ -272,14 +272,14 @@ def test_unreachable_service_fails_naming_the_address(
 
 
 def test_wrong_token_fails_naming_the_address_and_token_file(
-    defaults, tiny_sd_dir, tmp_path, address, certs
+    paper_defaults, tiny_sd_dir, tmp_path, address, certs
 ):
     """A token the service does not know: refused before any work, and said so."""
     wrong = tmp_path / "wrong-token"
     wrong.write_text("ab" * 32)
     wrong.chmod(0o600)
     keys = service_keys(address, certs, token_file=wrong)
-    cfg = _cfg(defaults, tiny_sd_dir, tmp_path, method="feddifrc", **keys)
+    cfg = _cfg(paper_defaults, tiny_sd_dir, tmp_path, method="feddifrc", **keys)
     with pytest.raises(GuidanceServiceUnavailableError) as err:
         guidance_kwargs(cfg, data_split(cfg))
     message = str(err.value)

@@ -77,12 +77,12 @@ class FakeGrid:
         return list(self.node_ids)
 
 
-def build(name: str, defaults: dict, overrides=None, **kwargs):
+def build(name: str, paper_defaults: dict, overrides=None, **kwargs):
     """A strategy from the run config, with what the guidance prep would give."""
     guided = {"public-split-size": 100} if name in GUIDED_METHODS else {}
     cfg = RunConfig.from_run_config(
         {
-            **defaults,
+            **paper_defaults,
             "method": name,
             **guided,
             **(overrides or {}),
@@ -115,10 +115,10 @@ def create_mock_reply(arrays: ArrayRecord, num_examples: float) -> Message:
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_builds_from_config_and_samples_fraction(
-    name, defaults, task_identity
+    name, paper_defaults, task_identity
 ):
     # Prepare
-    strategy = build(name, defaults, fraction_train=0.5, min_train_nodes=1)
+    strategy = build(name, paper_defaults, fraction_train=0.5, min_train_nodes=1)
     grid = FakeGrid(range(100, 110))
     # Execute
     messages = list(
@@ -130,9 +130,9 @@ def test_every_strategy_builds_from_config_and_samples_fraction(
     assert all(m.content[keys.CONFIG][keys.SERVER_ROUND] == 3 for m in messages)
 
 
-def test_method_keys_in_train_config(defaults, task_identity):
+def test_method_keys_in_train_config(paper_defaults, task_identity):
     cfg = RunConfig.from_run_config(
-        {**defaults, "proximal-mu": 0.1, "moon-mu": 5.0, "moon-tau": 0.3}
+        {**paper_defaults, "proximal-mu": 0.1, "moon-mu": 5.0, "moon-tau": 0.3}
     )
     grid = FakeGrid([1, 2])
 
@@ -169,9 +169,9 @@ SERVER_OPTIMISER = {"fedavgm", "fedadam"}
 @pytest.mark.parametrize(
     "name", sorted(set(STRATEGIES) - CORRECTING - SERVER_OPTIMISER)
 )
-def test_aggregation_is_the_weighted_mean(name, defaults):
+def test_aggregation_is_the_weighted_mean(name, paper_defaults):
     # Prepare: weights 1 and 3 on arrays of ones and threes -> (1 + 9) / 4 = 2.5
-    strategy = build(name, defaults)
+    strategy = build(name, paper_defaults)
     replies = [
         create_mock_reply(ArrayRecord([np.ones(3)]), 1),
         create_mock_reply(ArrayRecord([np.full(3, 3.0)]), 3),
@@ -182,9 +182,11 @@ def test_aggregation_is_the_weighted_mean(name, defaults):
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], np.full(3, 2.5))
 
 
-def test_feddifrc_injects_its_terms_and_the_store(defaults, task_identity):
+def test_feddifrc_injects_its_terms_and_the_store(paper_defaults, task_identity):
     overrides = {"tdcl-tau": 0.06, "ndcr-mode": "kl", "ndcr-tau": 0.2}
-    config = dict(one_message(build("feddifrc", defaults, overrides)).content["config"])
+    config = dict(
+        one_message(build("feddifrc", paper_defaults, overrides)).content["config"]
+    )
     assert config == {
         keys.SERVER_ROUND: 1,
         keys.TDCL_WEIGHT: 1.0,
@@ -204,13 +206,15 @@ def test_feddifrc_injects_its_terms_and_the_store(defaults, task_identity):
         ({"ndcr-weight": 0.0}, keys.TDCL_WEIGHT, keys.NDCR_WEIGHT),
     ],
 )
-def test_feddifrc_ablation_is_config_only(defaults, task_identity, overrides, on, off):
-    config = one_message(build("feddifrc", defaults, overrides)).content["config"]
+def test_feddifrc_ablation_is_config_only(
+    paper_defaults, task_identity, overrides, on, off
+):
+    config = one_message(build("feddifrc", paper_defaults, overrides)).content["config"]
     assert on in config and off not in config
 
 
-def test_feddifrc_self_supervised_flag(defaults, task_identity):
-    strategy = build("feddifrc", defaults, {"self-supervised": True})
+def test_feddifrc_self_supervised_flag(paper_defaults, task_identity):
+    strategy = build("feddifrc", paper_defaults, {"self-supervised": True})
     assert one_message(strategy).content["config"][keys.SELF_SUPERVISED] is True
 
 
@@ -220,8 +224,8 @@ def test_feddifrc_without_a_store_refuses_to_run_terms():
     FedDifRC(store_path="", tdcl_weight=0.0, ndcr_weight=0.0)  # FedAvg, no store
 
 
-def test_semanticfl_attaches_anchors_to_every_message(defaults, task_identity):
-    strategy = build("semanticfl", defaults, {"kd-temperature": 0.2})
+def test_semanticfl_attaches_anchors_to_every_message(paper_defaults, task_identity):
+    strategy = build("semanticfl", paper_defaults, {"kd-temperature": 0.2})
     messages = list(
         strategy.configure_train(
             2, ArrayRecord([np.ones(1)]), ConfigRecord({}), FakeGrid([4, 5, 6])
@@ -255,9 +259,11 @@ def test_semanticfl_attaches_anchors_to_every_message(defaults, task_identity):
     ],
 )
 def test_semanticfl_ablation_is_config_only(
-    defaults, task_identity, overrides, on, off
+    paper_defaults, task_identity, overrides, on, off
 ):
-    config = one_message(build("semanticfl", defaults, overrides)).content["config"]
+    config = one_message(build("semanticfl", paper_defaults, overrides)).content[
+        "config"
+    ]
     assert on in config and off not in config
 
 
@@ -266,9 +272,9 @@ def test_semanticfl_rejects_mismatched_anchors():
         SemanticFL(anchors={"text": np.ones((3, 2)), "visual": np.ones((3, 4))})
 
 
-def test_fedavgm_applies_server_momentum(defaults, task_identity):
+def test_fedavgm_applies_server_momentum(paper_defaults, task_identity):
     # Prepare: the global model is 0; momentum 0.9, server learning rate 1.
-    strategy = build("fedavgm", defaults, {"server-momentum": 0.9})
+    strategy = build("fedavgm", paper_defaults, {"server-momentum": 0.9})
     grid = FakeGrid([1, 2])
     list(
         strategy.configure_train(1, ArrayRecord([np.zeros(2)]), ConfigRecord({}), grid)
@@ -288,10 +294,12 @@ def test_fedavgm_applies_server_momentum(defaults, task_identity):
 
 
 def test_fedadam_steps_parameters_and_averages_batchnorm_statistics(
-    defaults, task_identity
+    paper_defaults, task_identity
 ):
     # Prepare: a weight and a BatchNorm running variance, both 1 on the server.
-    strategy = build("fedadam", defaults, {"fedadam-eta": 0.1, "fedadam-tau": 1e-3})
+    strategy = build(
+        "fedadam", paper_defaults, {"fedadam-eta": 0.1, "fedadam-tau": 1e-3}
+    )
     start = ArrayRecord({"w": Array(np.ones(2)), "bn.running_var": Array(np.ones(2))})
     list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid([1, 2])))
     # Execute: both clients send 0.5 for each (mean 0.5, pseudo-gradient -0.5).

@@ -147,22 +147,6 @@ def test_a_store_made_before_the_errors_kind_still_opens_and_takes_it(tmp_path):
                                          pytest.approx(-0.1, abs=1e-3)]]  # fmt: skip
 
 
-def test_the_posterior_form_refuses_the_guidance_service(
-    defaults, tiny_sd_dir, tmp_path
-):
-    with pytest.raises(ConfigError, match="zero-shot"):
-        _cfg(
-            defaults,
-            tiny_sd_dir,
-            tmp_path,
-            **{
-                "guidance-service": "127.0.0.1:50099",
-                "guidance-service-ca": "ca.pem",
-                "guidance-service-token-file": "token",
-            },
-        )
-
-
 def test_the_strategy_and_the_client_refuse_a_posterior_without_its_teacher():
     anchors = {
         "text": np.eye(3, dtype=np.float32),
@@ -211,7 +195,8 @@ def test_the_smoothed_labels_control_carries_one_number_of_the_teacher(
 def test_kd_teacher_belongs_to_a_run_with_the_teacher(defaults, tiny_sd_dir, tmp_path):
     for overrides in (
         {"kd-form": "classes"},
-        {"method": "feddifrc"},  # zero-shot-weight 0: FedDifRC's paper form
+        {"method": "feddifrc", "zero-shot-weight": 0.0},  # FedDifRC's paper form
+        {"method": "feddifrc", "self-supervised": True},  # no classifier to distil
     ):
         with pytest.raises(ConfigError, match="kd-teacher"):
             _cfg(
@@ -222,19 +207,51 @@ def test_kd_teacher_belongs_to_a_run_with_the_teacher(defaults, tiny_sd_dir, tmp
             )
 
 
+def test_the_teacher_is_both_guided_methods_default_and_no_one_elses(
+    defaults, tiny_sd_dir, tmp_path
+):
+    def on(**overrides):
+        cfg = tiny_guided_config(defaults, tiny_sd_dir, tmp_path, **overrides)
+        return cfg.zero_shot_teacher
+
+    assert on(method="semanticfl") and on(method="feddifrc")
+    # the papers' forms, one key away
+    assert not on(method="semanticfl", **{"kd-form": "coordinates"})
+    assert not on(method="feddifrc", **{"zero-shot-weight": 0.0})
+    # methods that do not read the keys ignore them, as they do every guided key
+    assert not on(method="fedavg") and not on(method="moon")
+    assert not on(method="feddifrc", **{"self-supervised": True})
+
+
 @pytest.mark.parametrize(
     "overrides, says",
     [
-        ({"method": "semanticfl"}, "kd-form = 'posterior'"),
-        ({"method": "feddifrc", "self-supervised": True}, "self-supervised"),
-        ({"method": "feddifrc", "feddifrc-features": "latent-upload"}, "latent-upload"),
+        ({"method": "semanticfl"}, "kd-form = 'coordinates'"),
+        ({"method": "feddifrc"}, "zero-shot-weight = 0"),
     ],
 )
-def test_feddifrcs_zero_shot_weight_is_refused_where_it_cannot_run(
+def test_the_teacher_with_a_guidance_service_names_the_papers_form(
     defaults, tiny_sd_dir, tmp_path, overrides, says
 ):
+    service = {
+        "guidance-service": "127.0.0.1:50099",
+        "guidance-service-token-file": "token",
+        "guidance-service-insecure": True,
+    }
     with pytest.raises(ConfigError, match=says):
-        _cfg(defaults, tiny_sd_dir, tmp_path, **{"zero-shot-weight": 1.0, **overrides})
+        _cfg(defaults, tiny_sd_dir, tmp_path, **overrides, **service)
+
+
+def test_feddifrcs_teacher_is_refused_with_latent_upload(
+    defaults, tiny_sd_dir, tmp_path
+):
+    with pytest.raises(ConfigError, match="latent-upload.*zero-shot-weight = 0"):
+        _cfg(
+            defaults,
+            tiny_sd_dir,
+            tmp_path,
+            **{"method": "feddifrc", "feddifrc-features": "latent-upload"},
+        )
 
 
 def test_feddifrc_distils_the_same_teacher_next_to_its_own_terms(

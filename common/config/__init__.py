@@ -37,6 +37,7 @@ from common.config.guidance import GuidanceConfig, parse_layers
 from common.config.guided import (
     FEDDIFRC_FEATURES,
     NDCR_MODES,
+    PAPER_FORMS,
     FedDifRCConfig,
     SemanticFLConfig,
 )
@@ -53,6 +54,7 @@ from common.methods import Method, UnknownMethodError, get_method
 __all__ = [
     "FEDDIFRC_FEATURES",
     "NDCR_MODES",
+    "PAPER_FORMS",
     "BaselineConfig",
     "ConfigError",
     "DataConfig",
@@ -150,12 +152,34 @@ class RunConfig:
 
     @property
     def zero_shot_teacher(self) -> bool:
-        """Whether the guided method distils the zero-shot teacher (ours)."""
+        """Whether the guided method distils the zero-shot teacher (ours).
+
+        SemanticFL with ``kd-form = "posterior"``; FedDifRC with labels and
+        ``zero-shot-weight > 0`` (the self-supervised variant has no
+        classifier to distil into). Both are the defaults; other methods
+        ignore these keys, as they ignore every guided key.
+        """
         if self.method == "semanticfl":
             return (
                 self.semanticfl.kd_weight > 0 and self.semanticfl.kd_form == "posterior"
             )
-        return self.method == "feddifrc" and self.feddifrc.zero_shot_weight > 0
+        return (
+            self.method == "feddifrc"
+            and not self.feddifrc.self_supervised
+            and self.feddifrc.zero_shot_weight > 0
+        )
+
+    @property
+    def balanced_ce(self) -> bool:
+        """Whether the clients train with the balanced softmax (``ce-loss``).
+
+        ``auto`` turns it on exactly where the zero-shot teacher is on: the
+        teacher gives a client that holds one class a target over every
+        class, where the balanced loss alone gives it nothing to learn.
+        """
+        if self.sgd.ce_loss == "auto":
+            return self.zero_shot_teacher
+        return self.sgd.ce_loss == "balanced"
 
     @property
     def method_info(self) -> Method:
@@ -213,17 +237,6 @@ class RunConfig:
                 "run-config 'feddifrc-features' = 'latent-upload' needs method "
                 f"'feddifrc' (got '{self.method}'): only FedDifRC uses instance features"
             )
-        if self.feddifrc.zero_shot_weight > 0 and not (
-            self.method == "feddifrc" and not self.feddifrc.self_supervised
-        ):
-            raise ConfigError(
-                f"zero-shot-weight = {self.feddifrc.zero_shot_weight} adds the "
-                "zero-shot teacher to FedDifRC with labels; method "
-                f"'{self.method}'"
-                + (" is self-supervised" if self.feddifrc.self_supervised else "")
-                + " (SemanticFL's teacher is kd-form = 'posterior'): set "
-                "zero-shot-weight = 0"
-            )
         if self.guidance.kd_teacher != "zero-shot" and not self.zero_shot_teacher:
             raise ConfigError(
                 f"kd-teacher = '{self.guidance.kd_teacher}' chooses the zero-shot "
@@ -232,17 +245,24 @@ class RunConfig:
             )
         if self.zero_shot_teacher and self.guidance.service:
             raise ConfigError(
-                "the zero-shot teacher (kd-form = 'posterior', zero-shot-weight) "
-                "needs the guidance model in the ServerApp: the guidance service "
-                "computes features, not the zero-shot denoising errors; unset "
-                "guidance-service or switch the teacher off"
+                "the zero-shot teacher (the default: kd-form = 'posterior' for "
+                "semanticfl, zero-shot-weight > 0 for feddifrc) needs the guidance "
+                "model in the ServerApp: the guidance service computes features, "
+                "not the zero-shot denoising errors. Unset guidance-service, or "
+                "run the paper's form: "
+                + (
+                    "kd-form = 'coordinates'"
+                    if self.method == "semanticfl"
+                    else "zero-shot-weight = 0"
+                )
             )
         if self.zero_shot_teacher and self.feddifrc.features == "latent-upload":
             raise ConfigError(
                 "zero-shot-weight > 0 reads every client sample's denoising errors "
-                "from the server's store; with feddifrc-features = "
-                "'latent-upload' the server never holds the images: use "
-                "'server-store' or set zero-shot-weight = 0"
+                "from the server's store (the default, zero-shot-weight = 1); "
+                "with feddifrc-features = 'latent-upload' the server never holds "
+                "the images: use 'server-store', or set zero-shot-weight = 0 "
+                "(the paper's form)"
             )
         if self.sgd.ce_loss == "balanced":
             if method.model != "classifier":

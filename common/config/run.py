@@ -50,6 +50,9 @@ class FederationConfig:
         )
 
 
+CE_LOSSES = ("auto", "ce", "balanced")
+
+
 @dataclass(frozen=True)
 class SGDConfig:
     """Every client's local SGD (FedDifRC's code defaults)."""
@@ -64,8 +67,12 @@ class SGDConfig:
     # local loss): the client's log class prior added to the logits, so a
     # client stops pushing the classes it never sees toward zero. Any
     # classifier method takes it; it is the control that separates a
-    # method's own ingredients from the loss (docs/methods.md).
-    ce_loss: str = "ce"
+    # method's own ingredients from the loss (docs/methods.md). "auto" (the
+    # default) is "balanced" where the zero-shot teacher is on and "ce"
+    # elsewhere (RunConfig.balanced_ce): alone, the balanced loss of a
+    # client holding one class is exactly 0, so it needs the teacher's
+    # target over every class to learn anything (docs/guided-methods.md).
+    ce_loss: str = "auto"
     # The clients' learning rate over the rounds: "constant" (the papers') or
     # "cosine" (common.federation.scheduled_lr: from learning-rate in round 1
     # down toward 0 in the last), which damps the round-to-round swing of
@@ -73,7 +80,7 @@ class SGDConfig:
     lr_schedule: str = "constant"
 
     def validate(self) -> None:
-        one_of("ce-loss", self.ce_loss, ("ce", "balanced"))
+        one_of("ce-loss", self.ce_loss, CE_LOSSES)
         one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         check(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an int >= 1")
         check(self.batch_size >= 1, "batch-size", self.batch_size, "an int >= 1")
