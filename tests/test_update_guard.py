@@ -109,7 +109,7 @@ def test_every_strategy_of_the_registry_is_guarded():
 # cannot run on the toy arrays here; their guard is the same mixin.
 @pytest.mark.parametrize("name", sorted(set(STRATEGIES) - CORRECTING))
 def test_every_strategy_leaves_malformed_updates_out_and_goes_on(
-    name, defaults, task_identity, caplog
+    name, paper_defaults, task_identity, caplog
 ):
     """Node 3 sends NaN in round 1 and wrong shapes in round 2; nodes 1, 2 are fine.
 
@@ -127,7 +127,7 @@ def test_every_strategy_leaves_malformed_updates_out_and_goes_on(
     # Server momentum would move the means this test checks: off, FedAvgM is
     # FedAvg behind the same guard. FedAdam always steps (checked apart).
     plain = {"server-momentum": 0.0} if name in SERVER_OPTIMISER else None
-    strategy = build(name, defaults, plain)
+    strategy = build(name, paper_defaults, plain)
     seen = []
     with caplog.at_level(logging.WARNING):
         result = strategy.start(
@@ -152,9 +152,9 @@ def test_every_strategy_leaves_malformed_updates_out_and_goes_on(
     assert len(logged) == 2 and "node 3" in logged[0]
 
 
-def test_a_round_with_only_malformed_updates_keeps_the_model(defaults, task_identity):
+def test_a_round_with_only_malformed_updates_keeps_the_model(paper_defaults, task_identity):
     grid = ScriptedGrid({1: lambda r: BAD["nan"][0], 2: lambda r: BAD["shape"][0]})
-    strategy = build("fedavg", defaults)
+    strategy = build("fedavg", paper_defaults)
     result = strategy.start(
         grid=grid, initial_arrays=ArrayRecord(GLOBAL), num_rounds=1
     )

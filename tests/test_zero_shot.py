@@ -10,7 +10,7 @@ from diffusion_conftest import tiny_guided_config
 
 from client_app.guidance import zero_shot_teacher
 from client_app.training import Guidance, LocalSettings
-from common.config import ConfigError
+from common.config import ConfigError, RunConfig
 from common.federation import data_split
 from common.losses import posterior_distillation
 from diffusion_service import FeatureExtractor, FeatureRecipe, FeatureStore
@@ -221,6 +221,18 @@ def test_the_teacher_is_both_guided_methods_default_and_no_one_elses(
     # methods that do not read the keys ignore them, as they do every guided key
     assert not on(method="fedavg") and not on(method="moon")
     assert not on(method="feddifrc", **{"self-supervised": True})
+
+
+def test_self_supervised_feddifrc_builds_without_the_teacher(defaults):
+    # zero-shot-weight keeps its default; the variant runs without the term
+    from server_app.strategies import strategy_class
+
+    cfg = RunConfig.from_run_config(
+        {**defaults, "method": "feddifrc", "self-supervised": True}
+    )
+    assert cfg.feddifrc.zero_shot_weight == 1.0 and not cfg.zero_shot_teacher
+    strategy = strategy_class("feddifrc").from_config(cfg.feddifrc, store_path="/s")
+    assert strategy.zero_shot_weight == 0.0 and strategy.teacher is None
 
 
 @pytest.mark.parametrize(

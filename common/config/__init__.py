@@ -163,11 +163,7 @@ class RunConfig:
             return (
                 self.semanticfl.kd_weight > 0 and self.semanticfl.kd_form == "posterior"
             )
-        return (
-            self.method == "feddifrc"
-            and not self.feddifrc.self_supervised
-            and self.feddifrc.zero_shot_weight > 0
-        )
+        return self.method == "feddifrc" and self.feddifrc.teacher_weight > 0
 
     @property
     def balanced_ce(self) -> bool:

@@ -51,6 +51,12 @@ class FedDifRCConfig:
     features: str = keyed("server-store", "feddifrc-features")
     share_latents: bool = False
 
+    @property
+    def teacher_weight(self) -> float:
+        """The zero-shot teacher's weight as run: 0 for the self-supervised
+        variant, which has no classifier to distil into."""
+        return 0.0 if self.self_supervised else self.zero_shot_weight
+
     def validate(self) -> None:
         _weights_and_temperatures(
             self,

@@ -114,7 +114,7 @@ class FedDifRC(AnchorFrame, UpdateGuard, FedAvg):
             ndcr_tau=section.ndcr_tau,
             self_supervised=section.self_supervised,
             tdcl_negatives=section.tdcl_negatives,
-            zero_shot_weight=section.zero_shot_weight,
+            zero_shot_weight=section.teacher_weight,
             **kwargs,
         )
 
