@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from common import keys
 from common.config import PAPER_FORMS, SECTIONS, RunConfig
 from common.config.fields import section_keys
-from common.methods import UnknownMethodError, get_method
+from common.methods import Section, UnknownMethodError, get_method
 from deploy.local_sim import resolve_config, run_simulation
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -239,9 +239,9 @@ BEFORE_KEYS: dict[str, Any] = {**PAPER_FORMS, "ce-loss": "ce"}
 """How a run behaved before these keys existed: their defaults were first the
 papers' forms and plain cross-entropy, then became the zero-shot teacher."""
 
-METHOD_SECTIONS = ("baselines", "feddifrc", "semanticfl", "fedddpm")
-"""The config sections a strategy owns (``common.methods.Section``): only the
-method whose registry entry names one reads its keys."""
+METHOD_SECTIONS = get_args(Section)
+"""The config sections a strategy owns: only the method whose registry entry
+names one reads its keys."""
 
 
 def other_methods_keys(method: str) -> frozenset[str]:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import PAPER_FORMS
 from common.io import read_jsonl
 from deploy.flwr_connection import add_connection
 from deploy.hosts import Hosts, alive, kill_host, wait_until
@@ -123,8 +124,8 @@ def run_multihost(
         overrides.setdefault("method", "semanticfl")
         # The service computes features, not the zero-shot teacher's errors:
         # the guided methods run their papers' forms against it.
-        overrides.setdefault("kd-form", "coordinates")
-        overrides.setdefault("zero-shot-weight", 0.0)
+        for key, value in PAPER_FORMS.items():
+            overrides.setdefault(key, value)
         overrides.update({
             "guidance-service": f"{net.server_ip}:{SERVICE_PORT}",
             "guidance-service-ca": str(certs / "ca.crt"),
