@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import urllib.request
@@ -237,6 +238,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live PIDs (not this one) whose environment holds ``name=value`` (Linux /proc).
+
+    A process that left its parent's tree (a daemon that double-forked, or one
+    whose parent died first) is still marked by the environment it inherited:
+    every process of one launch carries that launch's private ``FLWR_HOME``.
+    """
+    marker = f"{name}={value}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
 def _kill(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:
@@ -318,6 +340,7 @@ def flwr_run(
         *extra,
     ]
     run_id = None
+    timed_out = threading.Event()
     with subprocess.Popen(
         cmd,
         env=env,
@@ -327,21 +350,31 @@ def flwr_run(
         text=True,
         bufsize=1,
     ) as run:
-        deadline = time.monotonic() + timeout
+        # A watchdog, not a check per line: a run that stops printing must
+        # still end at the deadline.
+        def expire() -> None:
+            timed_out.set()
+            run.kill()
+
+        watchdog = threading.Timer(timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
         assert run.stdout is not None
-        for line in run.stdout:
-            output_lines.append(line)
-            if stream:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            match = re.search(r"started run (\d+)", line)
-            if match and run_id is None:
-                run_id = int(match.group(1))
-            if on_line is not None:
-                on_line(line)
-            if time.monotonic() > deadline:
-                run.kill()
-                raise TimeoutError(f"run did not finish within {timeout} s")
+        try:
+            for line in run.stdout:
+                output_lines.append(line)
+                if stream:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                match = re.search(r"started run (\d+)", line)
+                if match and run_id is None:
+                    run_id = int(match.group(1))
+                if on_line is not None:
+                    on_line(line)
+        finally:
+            watchdog.cancel()
+    if timed_out.is_set():
+        raise TimeoutError(f"run did not finish within {timeout} s")
     return _run_status(flwr, env, run_id, connection)
 
 
@@ -429,6 +462,12 @@ def run_simulation(
         )
     finally:
         stop_tree(link)
+        # What left the SuperLink's tree (SuperExec starts its own session;
+        # Ray's daemons double-fork) still carries this launch's FLWR_HOME.
+        stray = processes_with_env("FLWR_HOME", str(flwr_home))
+        _kill(stray, signal.SIGTERM)
+        time.sleep(1.0 if stray else 0.0)
+        _kill(processes_with_env("FLWR_HOME", str(flwr_home)), signal.SIGKILL)
     if status == COMPLETED:
         shutil.rmtree(flwr_home, ignore_errors=True)
     else:
