@@ -47,8 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # zero-shot teacher that is their default now (PAPER_FORMS).
     "feddifrc-paper": {"method": "feddifrc", **PAPER_FORMS},
     "semanticfl-paper": {"method": "semanticfl", **PAPER_FORMS},
-    "feddifrc-mlp": {"method": "feddifrc", "guidance-head": "mlp", **PAPER_FORMS},
-    "semanticfl-mlp": {"method": "semanticfl", "guidance-head": "mlp", **PAPER_FORMS},
+    "feddifrc-mlp": {"method": "feddifrc", **PAPER_FORMS, "guidance-head": "mlp"},
+    "semanticfl-mlp": {"method": "semanticfl", **PAPER_FORMS, "guidance-head": "mlp"},
     # Probes of where FedETF's gain comes from and whether diffusion anchors
     # in its place do better (chosen before looking, not tuned).
     "fedetf-ce": {"method": "fedetf", "etf-loss": "ce"},
@@ -112,13 +112,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-classifier": "visual",
         "anchor-etf-mix": 1.0,
     },
-    # FedDifRC's default (the teacher) with its cosine and contrastive terms
-    # on a learnable projector instead of the non-negative embedding: TDCL
-    # and NDCR cost the teacher 3.4 points on the extreme split without it.
-    "feddifrc-zs-mlp": {"method": "feddifrc", "guidance-head": "mlp"},
-    # (feddifrc-zs-balanced, FedDifRC's TDCL and NDCR with the same teacher
-    # and the balanced softmax, is FedDifRC's default now: against
-    # "semanticfl", what FedDifRC's own terms add to the teacher.)
+    # FedDifRC's default (the teacher, TDCL and NDCR through the mlp
+    # projector) with its terms on the non-negative embedding itself: the
+    # projector's control. (Against "semanticfl", the default says what
+    # FedDifRC's own terms add to the teacher.)
+    "feddifrc-nohead": {"method": "feddifrc", "guidance-head": "none"},
 }
 
 
@@ -259,16 +257,21 @@ def other_methods_keys(method: str) -> frozenset[str]:
     )
 
 
-def _resolved_ce(run_config: dict[str, Any]) -> dict[str, Any]:
-    """``ce-loss = "auto"`` as the loss it resolves to (``RunConfig.balanced_ce``).
+def _resolved(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The ``"auto"`` keys as what they resolve to (``ce-loss``:
+    ``RunConfig.balanced_ce``; ``guidance-head``: ``RunConfig.guidance_head``).
 
-    A cell recorded with the explicit loss that "auto" now picks computed the
-    same thing, so it stays reusable.
+    A cell recorded with the explicit value that "auto" now picks computed
+    the same thing, so it stays reusable.
     """
-    if run_config.get("ce-loss") != "auto":
+    if "auto" not in (run_config.get("ce-loss"), run_config.get("guidance-head")):
         return run_config
-    balanced = RunConfig.from_run_config(run_config).balanced_ce
-    return {**run_config, "ce-loss": "balanced" if balanced else "ce"}
+    cfg = RunConfig.from_run_config(run_config)
+    return {
+        **run_config,
+        "ce-loss": "balanced" if cfg.balanced_ce else "ce",
+        "guidance-head": cfg.guidance_head,
+    }
 
 
 def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
@@ -286,7 +289,7 @@ def _config_mismatch(run_dir: Path, overrides: dict[str, Any]) -> str:
     recorded = json.loads(path.read_text())
     done = {**RunConfig().to_run_config(), **BEFORE_KEYS, **recorded}
     wanted = resolve_config(APP_DIR, overrides).to_run_config()
-    done, wanted = _resolved_ce(done), _resolved_ce(wanted)
+    done, wanted = _resolved(done), _resolved(wanted)
     neutral = set(RESULT_NEUTRAL_KEYS) | other_methods_keys(wanted["method"])
     differ = [
         f"{k}={done.get(k)!r} not {v!r}"

@@ -128,7 +128,7 @@ def make_model(cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
         cfg.model.norm,
     )
     if cfg.method_info.guided:  # a projector the guided terms see (optional)
-        attach_guidance_head(model, cfg.guidance.head)
+        attach_guidance_head(model, cfg.guidance_head)
     if cfg.classifier == "etf":  # the same frame on every side
         seed = seeding.mix_seed(cfg.seed, seeding.ETF_FRAME)
         attach_etf_classifier(model, spec.num_classes, seed)

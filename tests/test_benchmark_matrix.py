@@ -9,6 +9,7 @@ from benchmarks.matrix import (
     SCENARIOS,
     Cell,
     _config_mismatch,
+    method_overrides,
     round_times,
     run_matrix,
 )
@@ -90,6 +91,20 @@ def test_auto_loss_matches_a_cell_recorded_with_the_loss_it_resolves_to(tmp_path
     assert "ce-loss='ce' not 'balanced'" in _config_mismatch(
         run_dir, {**paper, "ce-loss": "balanced"}
     )
+
+
+def test_auto_head_matches_a_cell_recorded_with_the_head_it_resolves_to(tmp_path):
+    # FedDifRC's default resolves to the mlp projector: a cell recorded with
+    # the explicit mlp head is it; one recorded on the raw embedding is not.
+    feddifrc = {"method": "feddifrc", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / "mlp"
+    _finished_cell(run_dir, {**feddifrc, "guidance-head": "mlp"}, [5.0])
+    assert _config_mismatch(run_dir, feddifrc) == ""
+    run_dir = tmp_path / "none"
+    _finished_cell(run_dir, {**feddifrc, "guidance-head": "none"}, [5.0])
+    assert "guidance-head='none' not 'mlp'" in _config_mismatch(run_dir, feddifrc)
+    nohead = {**feddifrc, **method_overrides("feddifrc-nohead")}
+    assert _config_mismatch(run_dir, nohead) == ""
 
 
 def test_a_record_from_before_the_teacher_keys_ran_the_papers_forms(tmp_path):

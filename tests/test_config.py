@@ -3,8 +3,8 @@
 import pytest
 
 from common import keys
-from common.config import ConfigError, RunConfig
-from common.federation import local_training_config, partitioning
+from common.config import PAPER_FORMS, ConfigError, RunConfig
+from common.federation import local_training_config, make_model, partitioning
 from common.methods import METHODS
 from server_app.strategies import strategy_class
 
@@ -147,6 +147,7 @@ def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
         ),
         ({"model-norm": "layer"}, "model-norm.*valid: batch, group"),
         ({"ce-loss": "focal"}, "ce-loss.*valid: auto, balanced, ce"),
+        ({"guidance-head": "deep"}, "guidance-head.*valid: auto, linear, mlp, none"),
         ({"eval-bn-images": -1}, "eval-bn-images.*>= 0"),
         (
             {"eval-bn-images": 20000, "public-split-size": 1000},
@@ -262,3 +263,24 @@ def test_auto_loss_is_balanced_exactly_where_the_teacher_is_on(
     assert cfg.sgd.ce_loss == overrides.get("ce-loss", "auto")
     assert cfg.balanced_ce is balanced
     assert (keys.BALANCED_CE in local_training_config(cfg)) is balanced
+
+
+@pytest.mark.parametrize(
+    "overrides, head",
+    [
+        ({"method": "feddifrc"}, "mlp"),  # its cosine terms need a signed space
+        ({"method": "feddifrc", "zero-shot-weight": 0.0}, "mlp"),
+        ({"method": "feddifrc", **PAPER_FORMS}, "none"),  # the paper: z itself
+        ({"method": "semanticfl"}, "none"),  # its default acts on the logits
+        ({"method": "semanticfl", "guidance-head": "linear"}, "linear"),
+    ],
+)
+def test_auto_guidance_head_is_each_methods_validation_choice(
+    defaults, overrides, head
+):
+    cfg = RunConfig.from_run_config({**defaults, **overrides})
+    assert cfg.guidance_head == head
+    model = make_model(cfg)
+    assert hasattr(model, "guidance_head") is (head != "none")
+    if head == "mlp":  # Linear, ReLU, Linear at the embedding's width
+        assert len(model.guidance_head) == 3

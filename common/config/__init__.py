@@ -178,6 +178,21 @@ class RunConfig:
         return self.sgd.ce_loss == "balanced"
 
     @property
+    def guidance_head(self) -> str:
+        """The projector the guided terms see (``guidance-head``; ours).
+
+        ``auto``: ``mlp`` for FedDifRC, whose TDCL and NDCR are cosine terms
+        that the non-negative embedding cannot satisfy against signed
+        targets (NDCR's 1 - cos stalls at 0.8 on it, 0.44 through the
+        projector); ``none`` for SemanticFL, whose default distillation acts
+        on the class logits. Each was the better on the clients' validation
+        split (docs/guided-methods.md, "The defaults").
+        """
+        if self.guidance.head == "auto":
+            return "mlp" if self.method == "feddifrc" else "none"
+        return self.guidance.head
+
+    @property
     def method_info(self) -> Method:
         """The registry entry of ``method`` (``common.methods``)."""
         return get_method(self.method)

@@ -29,7 +29,9 @@ class GuidanceConfig:
     model: str = keyed("embedded", "guidance-model")  # "embedded", a folder or a hub id
     timestep: int = keyed(150, "guidance-timestep")  # papers: 150 to 300
     layers: str = keyed("1,2,3", "guidance-layers")  # U-Net up blocks pooled
-    head: str = keyed("none", "guidance-head")  # learnable projector (ours)
+    # A learnable projector the guided terms see (ours): "auto" is each
+    # method's default, chosen on validation (RunConfig.guidance_head).
+    head: str = keyed("auto", "guidance-head")
     prompt_template: str = "a photo of a {}"
     feature_store: str = ""  # "" = <output-dir>/feature-store
     # "" = the model runs in the ServerApp; "host:port" = the standalone service
@@ -94,7 +96,7 @@ class GuidanceConfig:
             self.prompt_template,
             "a string with exactly one '{}' for the class name",
         )
-        one_of("guidance-head", self.head, GUIDANCE_HEADS)
+        one_of("guidance-head", self.head, ("auto", *GUIDANCE_HEADS))
         self._validate_service()
 
     def _validate_service(self) -> None:

@@ -74,10 +74,15 @@ class FedDifRCConfig:
 
 KD_FORMS = ("coordinates", "classes", "posterior")
 
-PAPER_FORMS: dict[str, object] = {"kd-form": "coordinates", "zero-shot-weight": 0.0}
+PAPER_FORMS: dict[str, object] = {
+    "kd-form": "coordinates",
+    "zero-shot-weight": 0.0,
+    "guidance-head": "none",
+}
 """The run-config keys that turn both guided methods back to their papers'
 forms (as we read them): SemanticFL's distillation over feature coordinates,
-FedDifRC without the zero-shot teacher. Each method reads only its own key."""
+FedDifRC without the zero-shot teacher, and the guided terms on the embedding
+itself, with no projector. Each method reads only the keys it has."""
 
 
 @dataclass(frozen=True)
