@@ -117,6 +117,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # projector's control. (Against "semanticfl", the default says what
     # FedDifRC's own terms add to the teacher.)
     "feddifrc-nohead": {"method": "feddifrc", "guidance-head": "none"},
+    # SemanticFL's default with its image-text contrastive term on the same
+    # projector (its distillation reads the logits either way): whether the
+    # projector should be SemanticFL's default too.
+    "semanticfl-zs-mlp": {"method": "semanticfl", "guidance-head": "mlp"},
 }
 
 
