@@ -93,6 +93,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-teacher": "smoothed-labels",
         "ce-loss": "balanced",
     },
+    # The control at the heavier weight: what kd3 gains above it is the
+    # teacher's per-image content, not the extra weight on a smoothed label.
+    "semanticfl-ls-balanced-kd3": {
+        "method": "semanticfl",
+        "kd-form": "posterior",
+        "kd-teacher": "smoothed-labels",
+        "ce-loss": "balanced",
+        "kd-weight": 3.0,
+    },
+    # FedDifRC's default with the teacher weighted as in semanticfl-zs-balanced-kd3.
+    "feddifrc-zs3": {"method": "feddifrc", "zero-shot-weight": 3.0},
     # The teacher with the visual anchors as the fixed classifier, halfway to
     # a simplex ETF: FedETF's recipe (balanced softmax, fixed frame) with the
     # diffusion model's frame and teacher; fedetf is its random-frame control.
