@@ -284,3 +284,17 @@ def test_auto_guidance_head_is_each_methods_validation_choice(
     assert hasattr(model, "guidance_head") is (head != "none")
     if head == "mlp":  # Linear, ReLU, Linear at the embedding's width
         assert len(model.guidance_head) == 3
+
+
+def test_semanticfl_distils_its_teacher_at_weight_3_and_the_paper_form_at_1(defaults):
+    # pyproject.toml and the dataclass agree on the default, and the papers'
+    # forms take the weight back to the papers' value with the rest.
+    assert RunConfig().semanticfl.kd_weight == 3.0
+    assert RunConfig.from_run_config(defaults).semanticfl.kd_weight == 3.0
+    paper = RunConfig.from_run_config(
+        {**defaults, "method": "semanticfl", **PAPER_FORMS}
+    )
+    assert (paper.semanticfl.kd_weight, paper.semanticfl.kd_form) == (
+        1.0,
+        "coordinates",
+    )
