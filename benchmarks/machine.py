@@ -6,17 +6,15 @@ import os
 import platform
 from pathlib import Path
 
+from common.federation import cpu_model
+
 
 def hardware() -> str:
     """CPU model, cores, memory, torch, GPU and the load while the report ran."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         mem = next(
             int(ln.split()[1]) / 1024**2
             for ln in Path("/proc/meminfo").read_text().splitlines()

@@ -250,6 +250,13 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
     for key, (here, paper) in report["settings"].items():
         out.write(f"| {key} | {here} | {paper} |\n")
     out.write(f"\n**Hardware.** {report['hardware']}\n\n")
+    if machines := report.get("cell_machines"):
+        out.write(
+            "**The cells' machines** (runs are bit-identical on one CPU model, "
+            "not across models): "
+            + "; ".join(f"{n} on {cpu}" for cpu, n in machines.items())
+            + ".\n\n"
+        )
     out.write("**Deviations from the papers.**\n\n| what | papers | here | why |\n")
     out.write("|---|---|---|---|\n")
     for d in report["deviations"]:

@@ -35,6 +35,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,21 @@ def _repo_path(path: Path) -> str:
     return str(path.relative_to(APP_DIR)) if path.is_relative_to(APP_DIR) else str(path)
 
 
+def cell_machines(run_dirs: Iterable[Path]) -> dict[str, int]:
+    """How many cells ran on each CPU model (``server-cpu`` in their summaries).
+
+    Cells reused across invocations may come from different machines, and
+    runs are bit-identical only on one CPU model: the report says which.
+    Cells from before the key was recorded count as ``"not recorded"``.
+    """
+    counts: dict[str, int] = {}
+    for d in run_dirs:
+        summary = json.loads((d / "summary.json").read_text())
+        cpu = summary.get("server-cpu", "not recorded")
+        counts[cpu] = counts.get(cpu, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def build_report(
     profile: Profile,
     rows: list[dict[str, Any]],
@@ -200,6 +216,7 @@ def build_report(
             peak.get("client-mb"),
         )
     agg = report.aggregate(rows)
+    machines = cell_machines(run_dir(r) for r in rows)
     write_csv(rows, out / "cells.csv")
     report.write_table_csv(agg, out / "results.csv")
     runs: dict[tuple[str, str], list[Path]] = {}
@@ -259,6 +276,7 @@ def build_report(
         "cells_wall": fmt_time(sum(r["wall_s"] for r in rows)),
         "settings": {k: (str(settings[k]), str(paper[k])) for k in paper},
         "hardware": hardware_text,
+        "cell_machines": machines,
         "deviations": [dataclasses.asdict(d) for d in profile.all_deviations()],
         "last_k": profile.last_k,
         "gains": table,

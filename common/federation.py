@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,6 +165,21 @@ def describe_device(device: torch.device | str) -> str:
         return device.type
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows.
+
+    Recorded with every run: runs are bit-identical on one CPU model, not
+    across models, so a comparison should know which cells shared one.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def local_training_config(cfg: RunConfig) -> dict[str, float | int | bool]:

@@ -35,7 +35,7 @@ from common import keys
 from common.config import RunConfig
 from common.datasets import get_spec
 from common.evaluation import EvalResult
-from common.federation import describe_device, resolve_device
+from common.federation import cpu_model, describe_device, resolve_device
 from common.io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text
 from common.partition import DataSplit
 from server_app.checkpoint import save_checkpoint
@@ -433,6 +433,7 @@ class RunRecorder:
                 {"round": r, "node": n, "reason": why} for r, n, why in rejected
             ],
             "server-device": describe_device(resolve_device(self.cfg.runtime.device)),
+            "server-cpu": cpu_model(),
             "wall-seconds": time.perf_counter() - self._t_start,
             "run-dir": str(self.dir),
         }

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from common.config import RunConfig
 from common.evaluation import EvalResult, evaluate
+from common.federation import cpu_model
 from common.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from common.models import build_model
 from common.partition import DataSplit
@@ -68,6 +69,8 @@ def test_run_folder_has_every_output(defaults, tmp_path):
     assert [r["round"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
     assert summary["final-round-accuracy"] == 0.7
     assert summary["best-round-accuracy"] == 0.8 and summary["best-round"] == 2
+    # the CPU model: runs are bit-identical on one model only
+    assert summary["server-cpu"] == cpu_model() and summary["server-cpu"]
     assert json.loads((run / "summary.json").read_text()) == summary
     state = load_file(run / "model.safetensors")
     assert state["bn1.num_batches_tracked"].dtype == torch.int64
@@ -303,7 +306,7 @@ def test_term_scales_show_each_method_term_beside_ce():
         "train-con": 2.1034,
         "train-moon": 0.0,
     }
-    assert term_scales(train, cfg) == "ce 0.412, kd 0.120 x 1, con 2.103 x 0.01"
+    assert term_scales(train, cfg) == "ce 0.412, kd 0.120 x 3, con 2.103 x 0.01"
     assert term_scales({"train-ce": 0.5, "train-kd": 0.0}, cfg) == ""  # CE alone
     prox = term_scales({"train-ce": 0.5, "train-prox": 0.00123}, cfg)
     assert prox == "ce 0.500, prox 0.00123 (x mu)"

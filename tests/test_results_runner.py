@@ -19,7 +19,7 @@ from benchmarks.profiles import (
     ProfileError,
     get_profile,
 )
-from benchmarks.results import build_report, customise, given_config
+from benchmarks.results import build_report, cell_machines, customise, given_config
 from deploy.local_sim import resolve_config
 
 # Synthetic accuracy curves: (scenario, method, seed) -> accuracy per round 0..3.
@@ -180,6 +180,8 @@ def test_build_report_writes_results_md_with_protocol_and_deviations(tmp_path):
     assert "75.00 ± 1.41 (+7.00 ± 4.24)" in md
     assert "(plots/accuracy.png)" in md  # linked relative to RESULTS.md
     assert "Flower overhead: not measured (skipped in a test)" in md
+    # the fake runner records no CPU: every cell says so, counted
+    assert "**The cells' machines** (" in md and f"{len(rows)} on not recorded" in md
     assert json.loads((tmp_path / "out" / "report.json").read_text())["ran"] == 7
     assert (tmp_path / "out" / "cells.csv").exists()
     # the README rendering links from the README's folder
@@ -187,6 +189,19 @@ def test_build_report_writes_results_md_with_protocol_and_deviations(tmp_path):
         f"({os.path.relpath(tmp_path / 'out' / 'plots' / 'accuracy.png', APP_DIR)})"
         in (report.render_section(data, APP_DIR))
     )
+
+
+def test_cell_machines_counts_each_cpu_model_and_older_cells(tmp_path):
+    cpus = ["Xeon", "EPYC", "Xeon", None]
+    dirs = []
+    for i, cpu in enumerate(cpus):
+        d = tmp_path / f"cell{i}"
+        d.mkdir()
+        summary = {"final-round-accuracy": 0.5} | ({"server-cpu": cpu} if cpu else {})
+        (d / "summary.json").write_text(json.dumps(summary))
+        dirs.append(d)
+    assert cell_machines(dirs) == {"Xeon": 2, "EPYC": 1, "not recorded": 1}
+    assert list(cell_machines(dirs)) == ["Xeon", "EPYC", "not recorded"]
 
 
 def test_marker_replacement_is_atomic_and_refuses_without_markers(tmp_path):
