@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common.config import PAPER_FORMS
 from common.io import read_jsonl
 from deploy.local_sim import run_simulation
 
@@ -41,7 +42,7 @@ TINY_RUN = {
             ("train-tdcl", "train-ndcr", "train-kd"),
         ),
         # the papers' forms, one key away
-        ("semanticfl", {"kd-form": "coordinates"}, ("train-kd", "train-con")),
+        ("semanticfl", dict(PAPER_FORMS), ("train-kd", "train-con")),
         # ours: the anchors as a fixed classifier and the diffusion model's
         # zero-shot posterior distilled into it (the server stores every
         # client sample's denoising errors); clients also evaluate, so the
@@ -111,6 +112,9 @@ def test_guided_federation_completes(
     if extra.get("self-supervised"):
         assert rows[-1]["train"]["train-ce"] == 0.0
         assert 0.0 < rows[-1]["central-accuracy"] <= 1.0  # the probe's score
+    if method == "semanticfl":  # the default's weight reaches the run, or the paper's
+        ran = json.loads((result.run_dir / "config.json").read_text())
+        assert ran["kd-weight"] == extra.get("kd-weight", 3.0), ran["kd-weight"]
     record = json.loads((result.run_dir / "guidance.json").read_text())
     assert record["method"] == method and record["seconds"] > 0
     assert (tmp_path / "feature-store").is_dir()
