@@ -105,8 +105,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "ce-loss": "balanced",
         "kd-weight": 1.0,
     },
-    # FedDifRC's default with its teacher at weight 3, as SemanticFL's default.
-    "feddifrc-zs3": {"method": "feddifrc", "zero-shot-weight": 3.0},
+    # FedDifRC's default with its teacher at weight 1, not 3.
+    "feddifrc-zs1": {"method": "feddifrc", "zero-shot-weight": 1.0},
     # The teacher with the visual anchors as the fixed classifier, halfway to
     # a simplex ETF: FedETF's recipe (balanced softmax, fixed frame) with the
     # diffusion model's frame and teacher; fedetf is its random-frame control.
@@ -128,11 +128,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-etf-mix": 1.0,
         "kd-weight": 1.0,
     },
-    # FedDifRC's default (the teacher, TDCL and NDCR through the mlp
-    # projector) with its terms on the non-negative embedding itself: the
-    # projector's control. (Against "semanticfl", the default says what
-    # FedDifRC's own terms add to the teacher.)
-    "feddifrc-nohead": {"method": "feddifrc", "guidance-head": "none"},
+    # FedDifRC with the teacher (at weight 1, as it ran), TDCL and NDCR through
+    # the mlp projector, with its terms on the non-negative embedding itself:
+    # the projector's control (feddifrc-zs1 is its pair). (Against
+    # "semanticfl", the default says what FedDifRC's own terms add to the
+    # teacher.)
+    "feddifrc-nohead": {
+        "method": "feddifrc",
+        "guidance-head": "none",
+        "zero-shot-weight": 1.0,
+    },
     # SemanticFL's default with its image-text contrastive term on the same
     # projector (its distillation reads the logits either way): whether the
     # projector should be SemanticFL's default too.

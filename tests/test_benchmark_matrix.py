@@ -100,8 +100,9 @@ def test_auto_head_matches_a_cell_recorded_with_the_head_it_resolves_to(tmp_path
     run_dir = tmp_path / "mlp"
     _finished_cell(run_dir, {**feddifrc, "guidance-head": "mlp"}, [5.0])
     assert _config_mismatch(run_dir, feddifrc) == ""
-    run_dir = tmp_path / "none"
-    _finished_cell(run_dir, {**feddifrc, "guidance-head": "none"}, [5.0])
+    run_dir = tmp_path / "none"  # as feddifrc-nohead ran: the teacher at weight 1
+    raw = {**feddifrc, "guidance-head": "none", "zero-shot-weight": 1.0}
+    _finished_cell(run_dir, raw, [5.0])
     assert "guidance-head='none' not 'mlp'" in _config_mismatch(run_dir, feddifrc)
     nohead = {**feddifrc, **method_overrides("feddifrc-nohead")}
     assert _config_mismatch(run_dir, nohead) == ""

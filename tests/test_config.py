@@ -298,3 +298,12 @@ def test_semanticfl_distils_its_teacher_at_weight_3_and_the_paper_form_at_1(defa
         1.0,
         "coordinates",
     )
+
+
+def test_feddifrc_distils_the_teacher_at_weight_3_and_the_paper_form_not_at_all(
+    defaults,
+):
+    assert RunConfig().feddifrc.zero_shot_weight == 3.0
+    assert RunConfig.from_run_config(defaults).feddifrc.zero_shot_weight == 3.0
+    paper = RunConfig.from_run_config({**defaults, "method": "feddifrc", **PAPER_FORMS})
+    assert paper.feddifrc.zero_shot_weight == 0.0

@@ -230,7 +230,7 @@ def test_self_supervised_feddifrc_builds_without_the_teacher(defaults):
     cfg = RunConfig.from_run_config(
         {**defaults, "method": "feddifrc", "self-supervised": True}
     )
-    assert cfg.feddifrc.zero_shot_weight == 1.0 and not cfg.zero_shot_teacher
+    assert cfg.feddifrc.zero_shot_weight == 3.0 and not cfg.zero_shot_teacher
     strategy = strategy_class("feddifrc").from_config(cfg.feddifrc, store_path="/s")
     assert strategy.zero_shot_weight == 0.0 and strategy.teacher is None
 

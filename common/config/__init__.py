@@ -270,7 +270,7 @@ class RunConfig:
         if self.zero_shot_teacher and self.feddifrc.features == "latent-upload":
             raise ConfigError(
                 "zero-shot-weight > 0 reads every client sample's denoising errors "
-                "from the server's store (the default, zero-shot-weight = 1); "
+                "from the server's store (the default, zero-shot-weight = 3); "
                 "with feddifrc-features = 'latent-upload' the server never holds "
                 "the images: use 'server-store', or set zero-shot-weight = 0 "
                 "(the paper's form)"
