@@ -105,6 +105,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "ce-loss": "balanced",
         "kd-weight": 1.0,
     },
+    # The defaults with fedavg-public's server fine-tune on the labelled
+    # public split (the data behind the embedded diffusion model): paired
+    # with fedavg-public, what the diffusion model adds over those labels.
+    "semanticfl-public": {"method": "semanticfl", "server-finetune": "public"},
+    "feddifrc-public": {"method": "feddifrc", "server-finetune": "public"},
     # FedDifRC's default with its teacher at weight 1, not 3.
     "feddifrc-zs1": {"method": "feddifrc", "zero-shot-weight": 1.0},
     # The teacher with the visual anchors as the fixed classifier, halfway to

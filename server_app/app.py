@@ -29,6 +29,7 @@ from server_app.reporting import RunRecorder
 from server_app.resume import resume_point, run_rounds
 from server_app.strategies import strategy_class
 from server_app.strategies.correcting import CorrectingFedAvg
+from server_app.strategies.public_finetune import with_public_finetune
 
 app = ServerApp()
 
@@ -47,6 +48,8 @@ def main(grid: Grid, context: Context) -> None:
         run_fedddpm(grid, cfg, resumed)
         return
     strategy_cls = strategy_class(method.name)
+    if cfg.guidance.server_finetune == "public":  # + fedavg-public's server step
+        strategy_cls = with_public_finetune(strategy_cls)
     device = resolve_device(cfg.runtime.device)
     spec = get_spec(cfg.data.dataset)
     train_set, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)

@@ -14,7 +14,8 @@ only decides what to compute from the run config:
   in its train Messages (``server_app/latent_query.py``).
 - **fedavg-adapt / fedavg-adapt+** (ours): images generated once and a real
   validation slice for the server-side classifier adaptation
-  (``server_app/adaptation.py``).
+  (``server_app/adaptation.py``); ``fedavg-public`` and a guided method with
+  ``server-finetune = "public"``: the labelled public split itself.
 
 The projection to d (the client model's embedding width) is fitted on the
 public split for both methods, so it never depends on a client's data.
@@ -53,6 +54,7 @@ from diffusion_service.embedded_model import (  # noqa: F401 (re-exported)
     resolve_guidance_model,
 )
 from server_app.adaptation import prepare_adaptation, prepare_public_split
+from server_app.strategies.fedavg_adapt import finetune_settings
 from server_app.teacher import prepare_teacher
 
 if TYPE_CHECKING:
@@ -381,6 +383,13 @@ def guidance_kwargs(
             "anchor-classifier": g.anchor_classifier,
             "anchor-etf-mix": g.anchor_etf_mix,
         }
+    if cfg.guidance.server_finetune == "public":  # fedavg-public's data and step
+        public, public_info = prepare_public_split(cfg, split)
+        if "frame" in kwargs:  # the server's work copy ends in the same frame
+            public["model"].classifier.set_frame(torch.from_numpy(kwargs["frame"]))
+        kwargs.update(public, **finetune_settings(cfg.fedddpm))
+        public_info.pop("seconds")  # counted in this preparation's own
+        info = {**info, "server-finetune": cfg.guidance.server_finetune, **public_info}
     seconds = time.perf_counter() - t0
     log(INFO, "Guidance ready in %.1f s: %s", seconds, info)
     # With a service, guidance-model does not apply; "model" (the fingerprint)

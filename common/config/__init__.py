@@ -238,6 +238,18 @@ class RunConfig:
                 + (" is self-supervised" if self.feddifrc.self_supervised else "")
                 + ": set anchor-classifier = 'none'"
             )
+        if self.guidance.server_finetune != "none" and not (
+            method.guided and not self.feddifrc.self_supervised
+        ):
+            raise ConfigError(
+                f"server-finetune = '{self.guidance.server_finetune}' adds a "
+                "cross-entropy fine-tune on the server to a guided method "
+                "(feddifrc or semanticfl, with labels); method "
+                f"'{self.method}'"
+                + (" is self-supervised" if self.feddifrc.self_supervised else "")
+                + ": set server-finetune = 'none' (for FedAvg with the same "
+                "step, use method 'fedavg-public')"
+            )
         if self.feddifrc.self_supervised and self.method != "feddifrc":
             raise ConfigError(
                 f"run-config 'self-supervised' = true needs method 'feddifrc' (got "

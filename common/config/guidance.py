@@ -21,6 +21,10 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return layers
 
 
+SERVER_FINETUNES = ("none", "public")
+"""``server-finetune`` values: none, or the labelled public split (ours)."""
+
+
 @dataclass(frozen=True)
 class GuidanceConfig:
     """Which frozen diffusion model guides, how its features are taken
@@ -51,6 +55,12 @@ class GuidanceConfig:
     # smoothed by the teacher's average off-label mass, which carries no
     # diffusion content beyond that one number.
     kd_teacher: str = "zero-shot"
+    # Ours, for both guided methods (server_app/strategies/public_finetune.py):
+    # "public" adds fedavg-public's server step, a fine-tune of the aggregate
+    # on the server's labelled public split kept only if its validation slice
+    # does not get worse (adapt-steps, adapt-lr, heldout-size). Against
+    # fedavg-public it says what the diffusion model adds over those labels.
+    server_finetune: str = "none"
 
     @property
     def up_blocks(self) -> tuple[int, ...]:
@@ -65,6 +75,7 @@ class GuidanceConfig:
     def validate(self) -> None:
         one_of("kd-teacher", self.kd_teacher, ("zero-shot", "smoothed-labels"))
         one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
+        one_of("server-finetune", self.server_finetune, SERVER_FINETUNES)
         check(
             0.0 <= self.anchor_etf_mix <= 1.0,
             "anchor-etf-mix",

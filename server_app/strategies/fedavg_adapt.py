@@ -64,6 +64,16 @@ def finetune_classifier(
     return total / max(steps, 1)
 
 
+def finetune_settings(section: FedDDPMConfig) -> dict[str, Any]:
+    """The fine-tune's and its trigger's constructor arguments, from the config."""
+    return {
+        "adapt_steps": section.adapt_steps,
+        "adapt_lr": section.adapt_lr,
+        "trigger_window": section.trigger_window,
+        "trigger_eps": section.trigger_eps,
+    }
+
+
 class FedAvgAdapt(CorrectingFedAvg):
     """FedAvg, then fine-tune the aggregate on generated images every round.
 
@@ -108,13 +118,7 @@ class FedAvgAdapt(CorrectingFedAvg):
         """Build from the FedDDPM section; ``model``, ``generated``,
         ``validation``, ``batch_size`` and ``seed`` come from
         ``server_app.adaptation``."""
-        return cls(
-            adapt_steps=section.adapt_steps,
-            adapt_lr=section.adapt_lr,
-            trigger_window=section.trigger_window,
-            trigger_eps=section.trigger_eps,
-            **kwargs,
-        )
+        return cls(**finetune_settings(section), **kwargs)
 
     def load_aggregate(self, arrays: ArrayRecord) -> None:
         """The aggregate into the server's work classifier."""
