@@ -25,6 +25,28 @@ def task_identity():
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = None
 
 
+@pytest.fixture
+def train_reply(task_identity):
+    """A function: a client's train reply carrying ``state`` and its sample count."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    from common import keys
+
+    def reply(state: dict, num_examples: int) -> Message:
+        query = Message(content=RecordDict(), message_type="train", dst_node_id=1)
+        return Message(
+            content=RecordDict(
+                {
+                    keys.ARRAYS: ArrayRecord(state),
+                    keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: num_examples}),
+                }
+            ),
+            reply_to=query,
+        )
+
+    return reply
+
+
 @pytest.fixture(scope="session")
 def defaults() -> dict:
     """``[tool.flwr.app.config]`` of pyproject.toml (what a run starts from)."""

@@ -3,14 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from common import keys
 from common.models import build_model
 from server_app.strategies.fedavg_adapt import FedAvgAdapt
 
 
-def adapt_one_round(generated_labels, lr: float):
+def adapt_one_round(train_reply, generated_labels, lr: float):
     """One aggregation of a single client's model, then the adaptation.
 
     The generated set is the validation images themselves with the given
@@ -35,24 +33,14 @@ def adapt_one_round(generated_labels, lr: float):
     logged = []
     strategy.round_log = logged.append
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    query = Message(content=RecordDict(), message_type="train", dst_node_id=1)
-    reply = Message(
-        content=RecordDict(
-            {
-                keys.ARRAYS: ArrayRecord(state),
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 48}),
-            }
-        ),
-        reply_to=query,
-    )
+    reply = train_reply(state, 48)
     arrays, _ = strategy.aggregate_train(1, [reply])
     return arrays, state, logged[0]
 
 
-@pytest.mark.usefixtures("task_identity")
 @pytest.mark.parametrize("lr", [0.05, 0.5], ids=["hurts", "diverges"])
-def test_an_adaptation_that_hurts_the_real_slice_is_dropped(lr):
-    arrays, sent, info = adapt_one_round(lambda y: (y + 1) % 3, lr=lr)
+def test_an_adaptation_that_hurts_the_real_slice_is_dropped(train_reply, lr):
+    arrays, sent, info = adapt_one_round(train_reply, lambda y: (y + 1) % 3, lr=lr)
     assert info["corrected"] and not info["kept"]
     after, before = info["validation-loss"]["after"], info["validation-loss"]["before"]
     assert not after <= before  # higher, or NaN when the fine-tune diverged
@@ -63,9 +51,8 @@ def test_an_adaptation_that_hurts_the_real_slice_is_dropped(lr):
         )
 
 
-@pytest.mark.usefixtures("task_identity")
-def test_an_adaptation_that_helps_is_kept():
-    arrays, sent, info = adapt_one_round(lambda y: y, lr=0.1)
+def test_an_adaptation_that_helps_is_kept(train_reply):
+    arrays, sent, info = adapt_one_round(train_reply, lambda y: y, lr=0.1)
     assert info["corrected"] and info["kept"]
     assert info["validation-loss"]["after"] < info["validation-loss"]["before"]
     got = arrays.to_torch_state_dict()

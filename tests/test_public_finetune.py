@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 
 from common import keys
 from common.config import ConfigError, RunConfig
@@ -63,23 +63,15 @@ def _semanticfl_with_finetune(paper_defaults, labels):
     return strategy, model
 
 
-def _one_reply(model):
+def _one_reply(model, train_reply):
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    query = Message(content=RecordDict(), message_type="train", dst_node_id=1)
-    reply = Message(
-        content=RecordDict(
-            {
-                keys.ARRAYS: ArrayRecord(state),
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 48}),
-            }
-        ),
-        reply_to=query,
-    )
-    return state, reply
+    return state, train_reply(state, 48)
 
 
 @pytest.mark.usefixtures("task_identity")
-def test_the_clients_get_semanticfls_terms_and_the_server_fine_tunes(paper_defaults):
+def test_the_clients_get_semanticfls_terms_and_the_server_fine_tunes(
+    paper_defaults, train_reply
+):
     strategy, model = _semanticfl_with_finetune(paper_defaults, lambda y: y)
     # The clients' side is SemanticFL's: its keys and anchors in every message.
     messages = list(
@@ -97,7 +89,7 @@ def test_the_clients_get_semanticfls_terms_and_the_server_fine_tunes(paper_defau
     # The server's side is fedavg-public's: the aggregate fine-tuned, checked, kept.
     logged = []
     strategy.round_log = logged.append
-    sent, reply = _one_reply(model)
+    sent, reply = _one_reply(model, train_reply)
     arrays, _ = strategy.aggregate_train(1, [reply])
     info = logged[0]
     assert info["corrected"] and info["kept"], info
@@ -108,12 +100,11 @@ def test_the_clients_get_semanticfls_terms_and_the_server_fine_tunes(paper_defau
     assert {"rejected", "schedule"} <= set(checkpointed_attributes(strategy))
 
 
-@pytest.mark.usefixtures("task_identity")
-def test_a_fine_tune_that_hurts_is_dropped(paper_defaults):
+def test_a_fine_tune_that_hurts_is_dropped(paper_defaults, train_reply):
     strategy, model = _semanticfl_with_finetune(paper_defaults, lambda y: (y + 1) % 3)
     logged = []
     strategy.round_log = logged.append
-    sent, reply = _one_reply(model)
+    sent, reply = _one_reply(model, train_reply)
     arrays, _ = strategy.aggregate_train(1, [reply])
     assert logged[0]["corrected"] and not logged[0]["kept"]
     got = arrays.to_torch_state_dict()
