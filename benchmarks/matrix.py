@@ -110,6 +110,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # with fedavg-public, what the diffusion model adds over those labels.
     "semanticfl-public": {"method": "semanticfl", "server-finetune": "public"},
     "feddifrc-public": {"method": "feddifrc", "server-finetune": "public"},
+    # Its control: the smoothed-label loss (no per-image diffusion content)
+    # with the same fine-tune; what semanticfl-public gains above it is the
+    # teacher's judgement of each image.
+    "semanticfl-ls-balanced-public": {
+        "method": "semanticfl",
+        "kd-form": "posterior",
+        "kd-teacher": "smoothed-labels",
+        "ce-loss": "balanced",
+        "server-finetune": "public",
+    },
     # FedDifRC's default with its teacher at weight 1, not 3.
     "feddifrc-zs1": {"method": "feddifrc", "zero-shot-weight": 1.0},
     # The teacher with the visual anchors as the fixed classifier, halfway to
