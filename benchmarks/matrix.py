@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-etf-mix": 0.5,
         "kd-form": "classes",
         "kd-weight": 1.0,
+        "server-finetune": "none",
     },
     # The loss control: FedAvg's own linear head with FedETF's balanced
     # softmax. What a prior-corrected method gains above it is its own.
@@ -71,6 +72,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-form": "classes",
         "ce-loss": "balanced",
         "kd-weight": 1.0,
+        "server-finetune": "none",
     },
     # The diffusion model's own zero-shot posterior of each client image
     # distilled into the classifier (kd-form "posterior"), with plain and
@@ -83,12 +85,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-form": "posterior",
         "ce-loss": "ce",
         "kd-weight": 1.0,
+        "server-finetune": "none",
     },
     # The default's distillation weight, on either side: weight 1 (the
     # student ended far below its teacher, 62% against 83.5% at Dirichlet
     # 0.05) and weight 10, nearly pure distillation.
-    "semanticfl-kd1": {"method": "semanticfl", "kd-weight": 1.0},
-    "semanticfl-kd10": {"method": "semanticfl", "kd-weight": 10.0},
+    "semanticfl-kd1": {
+        "method": "semanticfl",
+        "kd-weight": 1.0,
+        "server-finetune": "none",
+    },
+    "semanticfl-kd10": {
+        "method": "semanticfl",
+        "kd-weight": 10.0,
+        "server-finetune": "none",
+    },
     # The default's control: the same loss toward each sample's label
     # smoothed by the teacher's mean off-label mass (no per-image diffusion
     # content), at the default's weight and at weight 1.
@@ -97,6 +108,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-form": "posterior",
         "kd-teacher": "smoothed-labels",
         "ce-loss": "balanced",
+        "server-finetune": "none",
     },
     "semanticfl-ls-balanced-kd1": {
         "method": "semanticfl",
@@ -104,14 +116,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-teacher": "smoothed-labels",
         "ce-loss": "balanced",
         "kd-weight": 1.0,
+        "server-finetune": "none",
     },
-    # The defaults with fedavg-public's server fine-tune on the labelled
-    # public split (the data behind the embedded diffusion model): paired
-    # with fedavg-public, what the diffusion model adds over those labels.
-    "semanticfl-public": {"method": "semanticfl", "server-finetune": "public"},
-    "feddifrc-public": {"method": "feddifrc", "server-finetune": "public"},
-    # Its control: the smoothed-label loss (no per-image diffusion content)
-    # with the same fine-tune; what semanticfl-public gains above it is the
+    # The defaults without fedavg-public's server fine-tune (the teacher on
+    # the clients alone, the defaults until 2026-12-07): paired with the
+    # defaults, what the fine-tune adds to the teacher.
+    "semanticfl-teacher": {"method": "semanticfl", "server-finetune": "none"},
+    "feddifrc-teacher": {"method": "feddifrc", "server-finetune": "none"},
+    # The default's control: the smoothed-label loss (no per-image diffusion
+    # content) with the same fine-tune; what semanticfl gains above it is the
     # teacher's judgement of each image.
     "semanticfl-ls-balanced-public": {
         "method": "semanticfl",
@@ -121,7 +134,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "server-finetune": "public",
     },
     # FedDifRC's default with its teacher at weight 1, not 3.
-    "feddifrc-zs1": {"method": "feddifrc", "zero-shot-weight": 1.0},
+    "feddifrc-zs1": {
+        "method": "feddifrc",
+        "zero-shot-weight": 1.0,
+        "server-finetune": "none",
+    },
     # The teacher with the visual anchors as the fixed classifier, halfway to
     # a simplex ETF: FedETF's recipe (balanced softmax, fixed frame) with the
     # diffusion model's frame and teacher; fedetf is its random-frame control.
@@ -132,6 +149,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-classifier": "visual",
         "anchor-etf-mix": 0.5,
         "kd-weight": 1.0,
+        "server-finetune": "none",
     },
     # Its frame control: the same with a simplex ETF (mix 1, every pair of
     # classes equally apart) in place of the anchors' geometry.
@@ -142,6 +160,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "anchor-classifier": "visual",
         "anchor-etf-mix": 1.0,
         "kd-weight": 1.0,
+        "server-finetune": "none",
     },
     # FedDifRC with the teacher (at weight 1, as it ran), TDCL and NDCR through
     # the mlp projector, with its terms on the non-negative embedding itself:
@@ -152,6 +171,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "method": "feddifrc",
         "guidance-head": "none",
         "zero-shot-weight": 1.0,
+        "server-finetune": "none",
     },
     # SemanticFL's default with its image-text contrastive term on the same
     # projector (its distillation reads the logits either way): whether the
@@ -297,20 +317,26 @@ def other_methods_keys(method: str) -> frozenset[str]:
     )
 
 
+AUTO_KEYS = ("ce-loss", "guidance-head", "server-finetune")
+"""Keys whose ``"auto"`` each method resolves for itself (``RunConfig``)."""
+
+
 def _resolved(run_config: dict[str, Any]) -> dict[str, Any]:
     """The ``"auto"`` keys as what they resolve to (``ce-loss``:
-    ``RunConfig.balanced_ce``; ``guidance-head``: ``RunConfig.guidance_head``).
+    ``RunConfig.balanced_ce``; ``guidance-head``: ``RunConfig.guidance_head``;
+    ``server-finetune``: ``RunConfig.server_finetune``).
 
     A cell recorded with the explicit value that "auto" now picks computed
     the same thing, so it stays reusable.
     """
-    if "auto" not in (run_config.get("ce-loss"), run_config.get("guidance-head")):
+    if "auto" not in {run_config.get(k) for k in AUTO_KEYS}:
         return run_config
     cfg = RunConfig.from_run_config(run_config)
     return {
         **run_config,
         "ce-loss": "balanced" if cfg.balanced_ce else "ce",
         "guidance-head": cfg.guidance_head,
+        "server-finetune": cfg.server_finetune,
     }
 
 

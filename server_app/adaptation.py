@@ -74,10 +74,12 @@ def prepare_public_split(
 
     The validation slice is left out of the fine-tune set, so the keep-if-not-
     worse check scores images the fine-tune never saw (as for fedavg-adapt).
+    It is ``heldout-size`` images, at most half the split, so that a small
+    public split (a demo's few hundred) still leaves the fine-tune its half.
     """
     t0 = time.perf_counter()
     spec = get_spec(cfg.data.dataset)
-    pick = validation_slice(cfg, split)
+    pick = validation_slice(cfg, split, cap=len(split.public) // 2)
     rest = torch.from_numpy(np.setdiff1d(split.public, pick.numpy()))
     train, _ = load_dataset(cfg.data.dataset, cfg.data.data_root)
     kwargs = {
@@ -92,15 +94,23 @@ def prepare_public_split(
     return kwargs, info
 
 
-def validation_slice(cfg: RunConfig, split: DataSplit) -> torch.Tensor:
+def validation_slice(
+    cfg: RunConfig, split: DataSplit, cap: int | None = None
+) -> torch.Tensor:
     """The real validation slice of the public split (training-set indices).
 
     The trigger's loss, and the check that keeps a fine-tune only if this
-    loss does not rise.
+    loss does not rise: ``heldout-size`` images, or ``cap`` if fewer.
     """
-    return torch.from_numpy(
-        split.public_slice(cfg.fedddpm.heldout_size, cfg.seed, seeding.HELDOUT_SLICE)
+    size = (
+        cfg.fedddpm.heldout_size if cap is None else min(cap, cfg.fedddpm.heldout_size)
     )
+    if size < 1:
+        raise ValueError(
+            f"the public split ({len(split.public)} images) is too small for a "
+            "validation slice and a fine-tune set: set public-split-size >= 2"
+        )
+    return torch.from_numpy(split.public_slice(size, cfg.seed, seeding.HELDOUT_SLICE))
 
 
 def _shared(cfg: RunConfig, pick: torch.Tensor) -> dict[str, Any]:

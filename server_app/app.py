@@ -48,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
         run_fedddpm(grid, cfg, resumed)
         return
     strategy_cls = strategy_class(method.name)
-    if cfg.guidance.server_finetune == "public":  # + fedavg-public's server step
+    if cfg.server_finetune == "public":  # + fedavg-public's server step
         strategy_cls = with_public_finetune(strategy_cls)
     device = resolve_device(cfg.runtime.device)
     spec = get_spec(cfg.data.dataset)

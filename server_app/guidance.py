@@ -383,13 +383,13 @@ def guidance_kwargs(
             "anchor-classifier": g.anchor_classifier,
             "anchor-etf-mix": g.anchor_etf_mix,
         }
-    if cfg.guidance.server_finetune == "public":  # fedavg-public's data and step
+    if cfg.server_finetune == "public":  # fedavg-public's data and step
         public, public_info = prepare_public_split(cfg, split)
         if "frame" in kwargs:  # the server's work copy ends in the same frame
             public["model"].classifier.set_frame(torch.from_numpy(kwargs["frame"]))
         kwargs.update(public, **finetune_settings(cfg.fedddpm))
         public_info.pop("seconds")  # counted in this preparation's own
-        info = {**info, "server-finetune": cfg.guidance.server_finetune, **public_info}
+        info = {**info, "server-finetune": cfg.server_finetune, **public_info}
     seconds = time.perf_counter() - t0
     log(INFO, "Guidance ready in %.1f s: %s", seconds, info)
     # With a service, guidance-model does not apply; "model" (the fingerprint)

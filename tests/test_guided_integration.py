@@ -58,17 +58,6 @@ TINY_RUN = {
             },
             ("train-kd", "train-con"),
         ),
-        # the default with fedavg-public's server fine-tune (ours)
-        (
-            "semanticfl",
-            {
-                "max-samples-per-client": 40,
-                "server-finetune": "public",
-                "heldout-size": 20,
-                "adapt-steps": 3,
-            },
-            ("train-kd", "train-con"),
-        ),
         # self-supervised (no CE on the clients, a linear probe on the server)
         # on the simulation's feature path (the server fills the store), with
         # K sampled negative prompts per sample
@@ -94,7 +83,6 @@ TINY_RUN = {
         "feddifrc",
         "semanticfl-paper",
         "semanticfl-anchor-classifier",
-        "semanticfl-server-finetune",
         "feddifrc-self-supervised",
         "feddifrc-latent-upload",
     ],
@@ -142,10 +130,18 @@ def test_guided_federation_completes(
     if "anchor-classifier" in extra:
         assert record["anchor-classifier"] == "visual"
         assert 0.0 <= rows[-1]["validation"]["eval-accuracy"] <= 1.0
-    if "server-finetune" in extra:  # fedavg-public's step ran on the server
-        assert record["public-images"] == 40 and record["validation-images"] == 20
+    # the defaults add fedavg-public's server step; the papers' forms and the
+    # self-supervised variant do not
+    finetune = not (
+        extra.get("kd-form") == "coordinates" or extra.get("self-supervised")
+    )
+    assert (record.get("server-finetune") == "public") == finetune, record
+    if finetune:  # 60 public images: 30 check the fine-tune (half), 30 train it
+        assert record["public-images"] == 30 and record["validation-images"] == 30
         assert all(r["server"]["corrected"] is True for r in rows[1:]), rows
         assert all("kept" in r["server"] for r in rows[1:]), rows
+    else:
+        assert all("server" not in r for r in rows), rows
     if extra.get("feddifrc-features") == "latent-upload":
         query = record["latent-upload"]
         assert query["asked"] == 3 and len(query["shared"]) == 3, query

@@ -134,7 +134,7 @@ def test_the_combined_class_is_made_once_per_strategy():
         ),
         (
             {"method": "semanticfl", "server-finetune": "generated"},
-            "valid: none, public",
+            "valid: auto, none, public",
         ),
     ],
 )
@@ -148,3 +148,41 @@ def test_server_finetune_is_for_guided_methods_with_labels(defaults, override, m
                 **override,
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "resolved"),
+    [
+        ({"method": "semanticfl"}, "public"),
+        ({"method": "feddifrc"}, "public"),
+        ({"method": "feddifrc", "self-supervised": True}, "none"),
+        ({"method": "fedavg"}, "none"),
+        ({"method": "fedavg-public"}, "none"),  # its own step, not this key's
+        ({"method": "semanticfl", "server-finetune": "none"}, "none"),
+    ],
+)
+def test_auto_is_the_fine_tune_for_guided_methods_with_labels(
+    defaults, overrides, resolved
+):
+    cfg = RunConfig.from_run_config({**defaults, **overrides})
+    assert cfg.guidance.server_finetune == overrides.get("server-finetune", "auto")
+    assert cfg.server_finetune == resolved
+
+
+def test_the_papers_forms_have_no_server_fine_tune(paper_defaults):
+    for method in ("semanticfl", "feddifrc"):
+        cfg = RunConfig.from_run_config({**paper_defaults, "method": method})
+        assert cfg.server_finetune == "none"
+
+
+@pytest.mark.parametrize(("public", "checked"), [(10_000, 500), (300, 150)])
+def test_a_small_public_split_keeps_half_for_the_fine_tune(defaults, public, checked):
+    from common.federation import data_split
+    from server_app.adaptation import prepare_public_split
+
+    cfg = RunConfig.from_run_config(
+        {**defaults, "method": "semanticfl", "public-split-size": public}
+    )
+    kwargs, info = prepare_public_split(cfg, data_split(cfg))
+    assert info["validation-images"] == checked == len(kwargs["validation"][1])
+    assert info["public-images"] == public - checked == len(kwargs["public"][1])

@@ -21,7 +21,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return layers
 
 
-SERVER_FINETUNES = ("none", "public")
+SERVER_FINETUNES = ("auto", "none", "public")
 """``server-finetune`` values: none, or the labelled public split (ours)."""
 
 
@@ -58,9 +58,10 @@ class GuidanceConfig:
     # Ours, for both guided methods (server_app/strategies/public_finetune.py):
     # "public" adds fedavg-public's server step, a fine-tune of the aggregate
     # on the server's labelled public split kept only if its validation slice
-    # does not get worse (adapt-steps, adapt-lr, heldout-size). Against
-    # fedavg-public it says what the diffusion model adds over those labels.
-    server_finetune: str = "none"
+    # does not get worse (adapt-steps, adapt-lr, heldout-size). "auto" is
+    # "public" for a guided method with labels, "none" for every other
+    # (RunConfig.server_finetune).
+    server_finetune: str = "auto"
 
     @property
     def up_blocks(self) -> tuple[int, ...]:

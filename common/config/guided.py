@@ -80,11 +80,13 @@ PAPER_FORMS: dict[str, object] = {
     "zero-shot-weight": 0.0,
     "guidance-head": "none",
     "kd-weight": 1.0,
+    "server-finetune": "none",
 }
 """The run-config keys that turn both guided methods back to their papers'
 forms (as we read them): SemanticFL's distillation over feature coordinates
-at weight 1, FedDifRC without the zero-shot teacher, and the guided terms on
-the embedding itself, with no projector. Each method reads only the keys it has."""
+at weight 1, FedDifRC without the zero-shot teacher, the guided terms on
+the embedding itself, with no projector, and no server fine-tune. Each
+method reads only the keys it has."""
 
 
 @dataclass(frozen=True)
