@@ -101,7 +101,12 @@ def test_auto_head_matches_a_cell_recorded_with_the_head_it_resolves_to(tmp_path
     _finished_cell(run_dir, {**feddifrc, "guidance-head": "mlp"}, [5.0])
     assert _config_mismatch(run_dir, feddifrc) == ""
     run_dir = tmp_path / "none"  # as feddifrc-nohead ran: the teacher at weight 1
-    raw = {**feddifrc, "guidance-head": "none", "zero-shot-weight": 1.0}
+    raw = {
+        **feddifrc,
+        "guidance-head": "none",
+        "zero-shot-weight": 1.0,
+        "server-finetune": "none",
+    }
     _finished_cell(run_dir, raw, [5.0])
     assert "guidance-head='none' not 'mlp'" in _config_mismatch(run_dir, feddifrc)
     nohead = {**feddifrc, **method_overrides("feddifrc-nohead")}
@@ -118,3 +123,17 @@ def test_a_record_from_before_the_teacher_keys_ran_the_papers_forms(tmp_path):
     (run_dir / "config.json").write_text(json.dumps(recorded))
     assert _config_mismatch(run_dir, {**overrides, "kd-form": "coordinates"}) == ""
     assert "kd-form" in _config_mismatch(run_dir, overrides)  # today's default
+
+
+def test_a_record_from_before_the_server_finetune_key_ran_without_it(tmp_path):
+    # The teacher-only cells ran before server-finetune existed: they are
+    # the "-teacher" variants now, not today's default.
+    overrides = {"method": "semanticfl", **SCENARIOS["dir0.1"], "num-server-rounds": 3}
+    run_dir = tmp_path / "old"
+    _finished_cell(run_dir, {**overrides, "server-finetune": "none"}, [5.0])
+    recorded = json.loads((run_dir / "config.json").read_text())
+    del recorded["server-finetune"]
+    (run_dir / "config.json").write_text(json.dumps(recorded))
+    teacher = {**overrides, **method_overrides("semanticfl-teacher")}
+    assert _config_mismatch(run_dir, teacher) == ""
+    assert "server-finetune='none' not 'public'" in _config_mismatch(run_dir, overrides)
