@@ -260,7 +260,7 @@ class RunConfig:
             )
         if self.guidance.server_finetune == "public" and not self._labelled_guided:
             raise ConfigError(
-                f"server-finetune = '{self.guidance.server_finetune}' adds a "
+                "server-finetune = 'public' adds a "
                 "cross-entropy fine-tune on the server to a guided method "
                 "(feddifrc or semanticfl, with labels); method "
                 f"'{self.method}'"

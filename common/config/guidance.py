@@ -22,7 +22,8 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 
 SERVER_FINETUNES = ("auto", "none", "public")
-"""``server-finetune`` values: none, or the labelled public split (ours)."""
+"""``server-finetune`` values: each method's own choice, none, or the labelled
+public split (ours; ``RunConfig.server_finetune`` resolves ``auto``)."""
 
 
 @dataclass(frozen=True)
