@@ -133,6 +133,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "ce-loss": "balanced",
         "server-finetune": "public",
     },
+    # FedDifRC's default with whitened features (TDCL's and NDCR's targets):
+    # the feature study's best nearest-anchor recipe, against the default's
+    # PCA. SemanticFL's default reads no visual features (its teacher is the
+    # denoising errors), so it has no such pair.
+    "feddifrc-whitened": {"method": "feddifrc", "guidance-projection": "whitened"},
     # FedDifRC's default with its teacher at weight 1, not 3.
     "feddifrc-zs1": {
         "method": "feddifrc",

@@ -1,4 +1,4 @@
-"""Linear maps into the d-dim guidance space: the PCA projection and the text map.
+"""Linear maps into the d-dim guidance space: the (whitened) PCA projection and the text map.
 
 The projection is fitted ONCE per store on the raw features of a fit subset and
 saved next to the features (FedDifRC refits PCA on every batch, so its component
@@ -29,11 +29,12 @@ class Projection:
     mean : Tensor
         (r,) float32 mean of the fit subset's raw features.
     components : Tensor
-        (r, d) float32, orthonormal principal directions as columns. When the
-        raw width (or the fit subset) has rank k < d, the last d - k columns are
-        zero: the features then span a k-dim subspace of R^d, and since the map
-        is a rotation of the centred data, cosine similarities are exactly those
-        of the centred raw features.
+        (r, d) float32, principal directions as columns: orthonormal (PCA), or
+        each divided by the fit subset's standard deviation along it
+        (whitened). When the raw width (or the fit subset) has rank k < d, the
+        last d - k columns are zero: the features then span a k-dim subspace
+        of R^d. Unwhitened, the map is a rotation of the centred data, so
+        cosine similarities are exactly those of the centred raw features.
     rank : int
         Number of non-zero columns.
     """
@@ -48,11 +49,15 @@ class Projection:
         return int(self.components.shape[1])
 
     @classmethod
-    def fit(cls, raw: Tensor, dim: int) -> Projection:
+    def fit(cls, raw: Tensor, dim: int, *, whiten: bool = False) -> Projection:
         """PCA of ``raw`` (n, r) keeping ``dim`` directions (zero-padded if fewer).
 
         Done in float64 with a sign convention (each direction's largest entry
-        positive), so the same fit data gives the same projection.
+        positive), so the same fit data gives the same projection. ``whiten``
+        scales each direction to unit variance on ``raw``: in the embedded
+        model's features a handful of directions carry most of the variance,
+        so unwhitened cosines, and the class anchors built from them, are
+        nearly those few directions (docs/guidance-features.md).
         """
         x = raw.double()
         mean = x.mean(0)
@@ -62,6 +67,8 @@ class Projection:
         comps = vh[:rank].T  # (r, rank)
         idx = comps.abs().argmax(0)
         comps = comps * torch.sign(comps[idx, torch.arange(rank)])
+        if whiten:
+            comps = comps / (s[:rank] / max(len(x) - 1, 1) ** 0.5)
         full = torch.zeros(x.shape[1], dim, dtype=torch.float64)
         full[:, :rank] = comps
         return cls(mean.float(), full.float(), rank)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.config.guidance import PROJECTIONS
+
 FEATURE_KINDS = ("noise", "cond", "neutral")
 """Feature kinds: denoising (true-class prompt), conditional (several class
 prompts per sample), and neutral-prompt features."""
@@ -48,6 +50,9 @@ class FeatureRecipe:
         Output dimension d (the client model's embedding width).
     fit_size : int
         Samples whose raw features fit the PCA projection (once per store).
+    projection : str
+        ``"pca"``: principal directions; ``"whitened"``: the same directions
+        scaled to unit variance on the fit subset (:meth:`.Projection.fit`).
     num_negatives : int or None
         Conditional features: None = one row per class (row k is class k);
         K = the positive first, then K sampled negative classes per sample.
@@ -65,6 +70,7 @@ class FeatureRecipe:
     seed: int = 0
     dim: int = 512
     fit_size: int = 2048
+    projection: str = "pca"
     num_negatives: int | None = None
     micro_batch: int = 32
 
@@ -81,6 +87,11 @@ class FeatureRecipe:
         for name in ("timestep", "dim", "fit_size", "micro_batch"):
             if getattr(self, name) < (0 if name == "timestep" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(
+                f"projection must be one of {', '.join(PROJECTIONS)}, "
+                f"got {self.projection!r}"
+            )
         if self.num_negatives is not None and self.num_negatives < 1:
             raise ValueError(
                 f"num_negatives must be >= 1 or None, got {self.num_negatives}"
@@ -139,10 +150,19 @@ def store_key(
         "data": data_digest,
         "num_samples": int(num_samples),
         "prompts": recipe.prompts(class_names),
-        "recipe": {**recipe.to_dict(), "resolution": int(resolution)},
+        "recipe": _keyed_recipe(recipe, resolution),
         "fit_indices": fit_indices_digest,
         "compute": compute,
     }
+
+
+def _keyed_recipe(recipe: FeatureRecipe, resolution: int) -> dict[str, Any]:
+    """The recipe as the key holds it. The default PCA projection is left out,
+    as it was before ``projection`` existed, so stores made then stay valid."""
+    d = {**recipe.to_dict(), "resolution": int(resolution)}
+    if d["projection"] == "pca":
+        del d["projection"]
+    return d
 
 
 def key_hash(key: dict[str, Any]) -> str:

@@ -91,6 +91,7 @@ def make_recipe(
         timestep=cfg.guidance.timestep,
         up_blocks=cfg.guidance.up_blocks,
         prompt_template=cfg.guidance.prompt_template,
+        projection=cfg.guidance.projection,
         dim=dim,
         num_negatives=num_negatives,
     )

@@ -148,6 +148,7 @@ def test_an_unknown_method_is_a_config_error_with_a_suggestion(defaults):
         ({"model-norm": "layer"}, "model-norm.*valid: batch, group"),
         ({"ce-loss": "focal"}, "ce-loss.*valid: auto, balanced, ce"),
         ({"guidance-head": "deep"}, "guidance-head.*valid: auto, linear, mlp, none"),
+        ({"guidance-projection": "lda"}, "guidance-projection.*valid: pca, whitened"),
         ({"eval-bn-images": -1}, "eval-bn-images.*>= 0"),
         (
             {"eval-bn-images": 20000, "public-split-size": 1000},

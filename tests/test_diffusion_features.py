@@ -130,6 +130,29 @@ def test_projection_zero_pads_when_raw_is_narrower_than_d():
     assert torch.equal(Projection.fit(raw, dim=16).components, p.components)
 
 
+def test_whitened_projection_by_hand():
+    # Principal directions e1 (variance 200/3) and e2 (variance 2/3), centred:
+    # whitened coordinates are the raw ones over each direction's std.
+    raw = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    p = Projection.fit(raw, dim=3, whiten=True)
+    coords = (raw - p.mean) @ p.components
+    c = 1.5**0.5  # 10 / sqrt(200/3) = 1 / sqrt(2/3)
+    expected = torch.tensor([[c, 0, 0], [-c, 0, 0], [0, c, 0], [0, -c, 0]])
+    assert torch.allclose(coords, expected, atol=1e-6)
+    assert p.rank == 2 and torch.all(p.components[:, 2] == 0)
+    # unwhitened, the large direction dominates every cosine; whitened, the
+    # two directions count equally
+    assert torch.allclose(p(torch.tensor([[10.0, 1.0]])),
+                          torch.tensor([[2**-0.5, 2**-0.5, 0.0]]), atol=1e-6)
+    pca = Projection.fit(raw, dim=3)
+    assert pca(torch.tensor([[10.0, 1.0]]))[0, 0] > 0.99
+
+
+def test_recipe_rejects_an_unknown_projection():
+    with pytest.raises(ValueError, match="projection must be one of pca, whitened"):
+        FeatureRecipe(projection="lda")
+
+
 def test_text_map_isometric_when_text_fits(ex):
     m = text_map(8, 16, seed=0)
     assert torch.allclose(m @ m.T, torch.eye(8), atol=1e-6)

@@ -60,7 +60,7 @@ def test_projection_is_fitted_once(tiny_model, recipe, fmnist_small, tmp_path, m
     fits = []
     real_fit = Projection.fit.__func__
     monkeypatch.setattr(Projection, "fit", classmethod(
-        lambda cls, raw, dim: fits.append(len(raw)) or real_fit(cls, raw, dim)))
+        lambda cls, raw, dim, **kw: fits.append(len(raw)) or real_fit(cls, raw, dim, **kw)))
     s = session(tiny_model, recipe, fmnist_small, tmp_path)
     extract(s, kinds=("noise",), indices=range(16), progress=False)
     first = (s.store.path / "projection.safetensors").read_bytes()
@@ -131,7 +131,7 @@ def test_other_model_or_recipe_never_mixes_in(tiny_model, recipe, fmnist_small, 
     a = session(tiny_model, recipe, fmnist_small, tmp_path)
     extract(a, kinds=("noise",), indices=range(8), progress=False)
     for change in ({"timestep": 300}, {"up_blocks": (1,)}, {"seed": 4},
-                   {"prompt_template": "a {}"}, {"dim": 4}):
+                   {"prompt_template": "a {}"}, {"dim": 4}, {"projection": "whitened"}):
         other = session(tiny_model, FeatureRecipe(**{**recipe.to_dict(), **change}),
                         fmnist_small, tmp_path)
         assert other.store.path != a.store.path, change
@@ -141,6 +141,38 @@ def test_other_model_or_recipe_never_mixes_in(tiny_model, recipe, fmnist_small, 
     assert session(tiny_model, recipe, shifted, tmp_path).store.path != a.store.path
     with pytest.raises(StoreMismatchError, match="never mixed in"):
         FeatureStore(a.store.path, other.store.key)
+
+
+def test_default_projection_keeps_the_store_keys_made_before_the_option(
+    tiny_model, recipe, fmnist_small, tmp_path
+):
+    # Stores made before `projection` existed have no such entry in their key;
+    # the default must find them, the whitened recipe must not.
+    key = session(tiny_model, recipe, fmnist_small, tmp_path).store.key
+    assert "projection" not in key["recipe"]
+    whitened = FeatureRecipe(**{**recipe.to_dict(), "projection": "whitened"})
+    key_w = session(tiny_model, whitened, fmnist_small, tmp_path).store.key
+    assert key_w["recipe"]["projection"] == "whitened"
+
+
+def test_whitened_store_holds_unit_variance_coordinates(
+    tiny_model, recipe, fmnist_small, tmp_path
+):
+    whitened = FeatureRecipe(**{**recipe.to_dict(), "projection": "whitened"})
+    s = session(tiny_model, whitened, fmnist_small, tmp_path)
+    extract(s, kinds=("noise",), indices=range(4), progress=False)
+    proj = s.store.load_projection()
+    plain = session(tiny_model, recipe, fmnist_small, tmp_path)
+    extract(plain, kinds=("noise",), indices=range(4), progress=False)
+    pca = plain.store.load_projection()
+    # the same directions, each scaled by 1/std: column norms are 1/std > 0,
+    # and normalising the columns gives PCA's orthonormal ones back
+    k = proj.rank
+    norms = proj.components[:, :k].norm(dim=0)
+    assert torch.all(norms > 0)
+    assert torch.allclose(proj.components[:, :k] / norms, pca.components[:, :k], atol=1e-4)
+    # largest-variance direction first: its scale is the smallest
+    assert torch.all(norms[1:] >= norms[:-1] - 1e-6)
 
 
 def test_reading_a_client_touches_only_its_shards(

@@ -192,3 +192,10 @@ def test_aligned_text_anchors_are_the_random_ones_rotated(
     np.testing.assert_allclose(aligned["text"] @ aligned["text"].T, gram, atol=1e-5)
     closer = np.linalg.norm(aligned["text"] - plain["visual"])
     assert closer < np.linalg.norm(plain["text"] - plain["visual"])
+
+
+@pytest.mark.parametrize("projection", ["pca", "whitened"])
+def test_the_run_config_chooses_the_recipe_projection(defaults, projection):
+    cfg = RunConfig.from_run_config({**defaults, "guidance-projection": projection})
+    recipe = server_guidance.make_recipe(cfg, dim=8)
+    assert recipe.projection == projection and recipe.dim == 8

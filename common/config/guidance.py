@@ -21,6 +21,11 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return layers
 
 
+PROJECTIONS = ("pca", "whitened")
+"""``guidance-projection`` values: the raw features' principal directions
+(the papers' reading), or the same directions scaled to unit variance (ours;
+the feature study's best nearest-anchor accuracy, docs/guidance-features.md)."""
+
 SERVER_FINETUNES = ("auto", "none", "public")
 """``server-finetune`` values: each method's own choice, none, or the labelled
 public split (ours; ``RunConfig.server_finetune`` resolves ``auto``)."""
@@ -37,6 +42,9 @@ class GuidanceConfig:
     # A learnable projector the guided terms see (ours): "auto" is each
     # method's default, chosen on validation (RunConfig.guidance_head).
     head: str = keyed("auto", "guidance-head")
+    # How the raw features reach d dimensions: PCA, or PCA whitened so that no
+    # few directions dominate every cosine (ours; diffusion_service/projection.py).
+    projection: str = keyed("pca", "guidance-projection")
     prompt_template: str = "a photo of a {}"
     feature_store: str = ""  # "" = <output-dir>/feature-store
     # "" = the model runs in the ServerApp; "host:port" = the standalone service
@@ -78,6 +86,7 @@ class GuidanceConfig:
         one_of("kd-teacher", self.kd_teacher, ("zero-shot", "smoothed-labels"))
         one_of("anchor-classifier", self.anchor_classifier, ("none", *ANCHOR_SOURCES))
         one_of("server-finetune", self.server_finetune, SERVER_FINETUNES)
+        one_of("guidance-projection", self.projection, PROJECTIONS)
         check(
             0.0 <= self.anchor_etf_mix <= 1.0,
             "anchor-etf-mix",
