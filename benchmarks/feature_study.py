@@ -22,15 +22,18 @@ fit part's labels); prompt (neutral; the mean over the class prompts); and
 features made of the class-conditional denoising errors (the embedded model's
 zero-shot classifier: lowest error wins). Raw pixels are the baseline.
 
-    python -m benchmarks.feature_study [--public 3000] [--held-out 1000]
+    python -m benchmarks.feature_study [--public 3000] [--held-out 1000] [--model-card]
 
-Writes ``benchmarks/results/feature-study/`` (``study.json``, ``results.md``).
+Writes ``benchmarks/results/feature-study/`` (``study.json``, ``results.md``);
+``--model-card`` also records the study in the model's folder
+(``feature_study.json``) and re-renders its ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from contextlib import contextmanager
@@ -48,6 +51,11 @@ from common.io import atomic_write_json, atomic_write_text
 from common.partition import carve_public_split
 from diffusion_service import FeatureExtractor, FeatureRecipe, GuidanceModel
 from diffusion_service.embedded_model import resolve_guidance_model
+from diffusion_service.pretrain.card import (
+    FEATURE_STUDY,
+    feature_study_table,
+    write_model_card,
+)
 from diffusion_service.pretrain.probe import linear_probe_accuracy
 
 OUT = Path(__file__).resolve().parent / "results" / "feature-study"
@@ -218,6 +226,39 @@ def recipes(feats: dict[int, dict[str, Tensor]]):
     )
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command that recomputes this study (its non-default sizes shown)."""
+    sizes = (
+        ""
+        if (args.public, args.held_out) == (3000, 1000)
+        else (f" --public {args.public} --held-out {args.held_out}")
+    )
+    model = "" if args.model == "embedded" else f" --model {args.model}"
+    return f"python -m benchmarks.feature_study{model}{sizes}"
+
+
+def rerender(study_json: Path, out: Path, args: argparse.Namespace) -> int:
+    """Re-render a saved study (results.md, and the card with --model-card)."""
+    try:
+        result = json.loads(study_json.read_text())
+        result.setdefault("command", command(args))
+        feature_study_table(result)  # a study without its rows fails here
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        raise SystemExit(
+            f"--from-json {study_json}: not a feature study ({exc!r})"
+        ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    if study_json.resolve() != (out / "study.json").resolve():
+        atomic_write_json(out / "study.json", result)
+    atomic_write_text(out / "results.md", markdown(result))
+    if args.model_card:
+        print(
+            f"model card: {record_in_model_card(result, result['protocol']['model'])}"
+        )
+    print((out / "results.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.feature_study",
                                  description=__doc__.split("\n")[0])  # fmt: skip
@@ -225,7 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--public", type=int, default=3000, help="public images used")
     ap.add_argument("--held-out", type=int, default=1000, help="of them, held out")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--model-card",
+        action="store_true",
+        help="also record the study in the model's folder and its MODEL_CARD.md",
+    )
+    ap.add_argument(
+        "--from-json",
+        metavar="STUDY_JSON",
+        help="no computing: re-render results.md (and with --model-card the card) "
+        "from a study.json this command wrote",
+    )
     args = ap.parse_args(argv)
+    if args.from_json:
+        return rerender(Path(args.from_json), Path(args.out), args)
     if not 0 < args.held_out < args.public:
         ap.error("--held-out must be in 1 .. --public - 1")
     torch.manual_seed(0)
@@ -295,24 +349,22 @@ def main(argv: list[str] | None = None) -> int:
             "zero-shot-held-out": zero_shot,
         },
         "rows": rows,
+        "command": command(args),
         "seconds": time.perf_counter() - t_start,
         "machine": hardware(),
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "study.json", result)
-    atomic_write_text(out / "results.md", markdown(result, argv))
+    atomic_write_text(out / "results.md", markdown(result))
+    if args.model_card:
+        print(f"model card: {record_in_model_card(result, args.model)}")
     print((out / "results.md").read_text())
     return 0
 
 
-def markdown(result: dict[str, Any], argv: list[str] | None) -> str:
+def markdown(result: dict[str, Any]) -> str:
     p = result["protocol"]
-    base = next(
-        r
-        for r in result["rows"]
-        if r["recipe"] == "raw pixels" and r["projection"] == "none"
-    )
     lines = [
         "# Feature study: which diffusion features carry the classes?",
         "",
@@ -322,22 +374,24 @@ def markdown(result: dict[str, Any], argv: list[str] | None) -> str:
         f"{p['zero-shot-held-out']:.3f}. {result['seconds'] / 60:.1f} min on "
         f"{result['machine'].split(';')[0]}.",
         "",
-        "Command: `python -m benchmarks.feature_study "
-        + " ".join(argv or sys.argv[1:])
-        + "`",
+        f"Command: `{result['command']}`",
         "",
-        "| recipe | projection | d | probe | vs pixels | nearest anchor | vs pixels "
-        "| anchor cos mean | max (pair) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        *feature_study_table(result),
     ]
-    for r in sorted(result["rows"], key=lambda r: -r["nearest-anchor"]):
-        lines.append(
-            f"| {r['recipe']} | {r['projection']} | {r['dim']} | {r['probe']:.3f} | "
-            f"{100 * (r['probe'] - base['probe']):+.1f} | {r['nearest-anchor']:.3f} | "
-            f"{100 * (r['nearest-anchor'] - base['nearest-anchor']):+.1f} | "
-            f"{r['anchor-cos-mean']:.2f} | {r['anchor-cos-max']:.2f} ({r['closest-pair']}) |"
-        )
     return "\n".join(lines) + "\n"
+
+
+def record_in_model_card(result: dict[str, Any], model: str) -> Path:
+    """Write the study into the model's folder and re-render its model card."""
+    model_dir = Path(resolve_guidance_model(model))
+    if not (model_dir / "training_log.json").is_file():
+        raise SystemExit(
+            f"--model-card: {model_dir} has no training_log.json, so no card is "
+            "rendered from it (only models trained by diffusion_service.pretrain, "
+            "such as 'embedded', have one)"
+        )
+    atomic_write_json(model_dir / FEATURE_STUDY, result)
+    return write_model_card(model_dir)
 
 
 if __name__ == "__main__":

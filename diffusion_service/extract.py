@@ -148,9 +148,7 @@ def ensure_projection(session: Session, *, progress: bool = True) -> Projection:
         log.info(
             "raw width %d < d=%d: projection zero-pads", raw.shape[1], ex.recipe.dim
         )
-    proj = Projection.fit(
-        raw, ex.recipe.dim, whiten=ex.recipe.projection == "whitened"
-    )
+    proj = Projection.fit(raw, ex.recipe.dim, whiten=ex.recipe.projection == "whitened")
     session.store.save_projection(proj, fit)
     return proj
 

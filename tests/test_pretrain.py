@@ -38,6 +38,7 @@ from diffusion_service.pretrain import (  # noqa: E402
     zero_shot_accuracy,
     zero_shot_classify,
 )
+from diffusion_service.pretrain.card import FEATURE_STUDY  # noqa: E402
 from diffusion_service.pretrain.data import public_split  # noqa: E402
 
 CLASSES = DATASETS["fashion-mnist"].class_names
@@ -118,6 +119,56 @@ def test_model_card_pins_the_weights(tiny_model):
     assert hashes["combined"] in card
     assert hashes["files"]["unet/diffusion_pytorch_model.safetensors"]["sha256"] in card
     assert "python -m diffusion_service.pretrain --out" in card
+
+
+def _study(**extra) -> dict:
+    row = {"anchor-cos-mean": 0.1, "anchor-cos-max": 0.5, "closest-pair": "a-b"}
+    return {
+        "protocol": {"fit": 20, "held-out": 10, "zero-shot-held-out": 0.7,
+                     "model": "embedded"},
+        "rows": [
+            {**row, "recipe": "raw pixels", "projection": "none", "dim": 4,
+             "probe": 0.80, "nearest-anchor": 0.60},
+            {**row, "recipe": "today", "projection": "whitened", "dim": 2,
+             "probe": 0.75, "nearest-anchor": 0.72},
+        ],
+        "seconds": 60.0,
+        "machine": "test machine; details",
+        "command": "python -m benchmarks.feature_study",
+        **extra,
+    }  # fmt: skip
+
+
+def test_feature_study_is_rendered_into_the_card(tiny_model):
+    out, _ = tiny_model
+    (out / FEATURE_STUDY).write_text(json.dumps(_study()))
+    try:
+        card = write_model_card(out).read_text()
+    finally:
+        (out / FEATURE_STUDY).unlink()
+    # best nearest-anchor first, differences to raw pixels in points
+    assert (
+        "| today | whitened | 2 | 0.750 | -5.0 | 0.720 | +12.0 | 0.10 | 0.50 (a-b) |"
+        in card
+    )
+    assert card.index("| today |") < card.index("| raw pixels |")
+    assert "## Feature study" in card and "python -m benchmarks.feature_study" in card
+    assert "## Feature study" not in write_model_card(out).read_text()
+
+
+def test_feature_study_rerenders_a_saved_study_and_rejects_others(tmp_path):
+    from benchmarks.feature_study import main
+
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(_study()))
+    assert main(["--from-json", str(saved), "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "Command: `python -m benchmarks.feature_study`" in md
+    assert "| today | whitened |" in md
+    assert json.loads((tmp_path / "o" / "study.json").read_text()) == _study()
+    saved.write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match="not a feature study"):
+        main(["--from-json", str(saved), "--out", str(tmp_path / "o")])
 
 
 def test_resume_continues_and_matches_uninterrupted(tiny_model, tmp_path):

@@ -55,6 +55,62 @@ def _fmt_min(seconds: float) -> str:
     return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
+FEATURE_STUDY = "feature_study.json"
+"""The feature study's result in a model folder (``python -m
+benchmarks.feature_study --model-card``), rendered into the card."""
+
+
+def feature_study_table(study: dict) -> list[str]:
+    """Markdown rows of a feature study, best nearest-anchor accuracy first,
+    each with its difference to raw pixels (percentage points)."""
+    base = next(
+        r
+        for r in study["rows"]
+        if r["recipe"] == "raw pixels" and r["projection"] == "none"
+    )
+    lines = [
+        "| recipe | projection | d | probe | vs pixels | nearest anchor | vs pixels "
+        "| anchor cos mean | max (pair) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(study["rows"], key=lambda r: -r["nearest-anchor"]):
+        lines.append(
+            f"| {r['recipe']} | {r['projection']} | {r['dim']} | {r['probe']:.3f} | "
+            f"{100 * (r['probe'] - base['probe']):+.1f} | {r['nearest-anchor']:.3f} | "
+            f"{100 * (r['nearest-anchor'] - base['nearest-anchor']):+.1f} | "
+            f"{r['anchor-cos-mean']:.2f} | {r['anchor-cos-max']:.2f} ({r['closest-pair']}) |"
+        )
+    return lines
+
+
+def _feature_study_section(study: dict) -> list[str]:
+    p = study["protocol"]
+    return [
+        "## Feature study",
+        f"Which of this model's features carry the classes, scored on held-out "
+        f"public images (never the test set): {p['fit']} public images fit a "
+        f"linear probe and the class anchors (class means of the unit-length "
+        f"features), {p['held-out']} held out score them (stratified). Zero-shot "
+        f"classification by the lowest denoising error on the same held-out "
+        f"images: {p['zero-shot-held-out']:.3f}. "
+        f"{study['seconds'] / 60:.1f} min on {study['machine'].split(';')[0]}.",
+        "",
+        *feature_study_table(study),
+        "",
+        "The guided runs take their features as the `today` rows do (t=150, "
+        "up blocks 1-3, mean-pooled; with each image's class prompt, where the "
+        "study uses the neutral one since a held-out image's class is unknown), "
+        "projected by `guidance-projection`: `pca` (the default) or `whitened`. "
+        "The zero-shot teacher of the guided defaults is the denoising-error "
+        "classifier above, used as a posterior, not as features. Reproduce:",
+        "",
+        "```",
+        study["command"],
+        "```",
+        "",
+    ]
+
+
 def render_model_card(log: dict, hashes: dict, evidence: dict | None = None) -> str:
     """Markdown model card from a training log, file hashes and optional evidence."""
     cfg = PretrainConfig.from_dict(log["config"])
@@ -129,7 +185,8 @@ def render_model_card(log: dict, hashes: dict, evidence: dict | None = None) -> 
         "```",
         "",
     ]
-    if evidence:
+    evidence = evidence or {}
+    if "zero_shot" in evidence:
         zs, sm = evidence["zero_shot"], evidence["samples"]
         out += [
             "## Evidence",
@@ -149,6 +206,8 @@ def render_model_card(log: dict, hashes: dict, evidence: dict | None = None) -> 
                 "(`python -m diffusion_service.pretrain.probe`)."
             )
         out.append("")
+    if "feature_study" in evidence:
+        out += _feature_study_section(evidence["feature_study"])
     out += [
         "## Files and hashes",
         f"Total size of weights and configs: {size / 1e6:.2f} MB. Combined SHA-256 "
@@ -169,10 +228,13 @@ def write_model_card(model_dir: Path, path: Path | None = None) -> Path:
     model_dir = Path(model_dir)
     log = json.loads((model_dir / "training_log.json").read_text())
     ev_path = model_dir / "evidence.json"
-    evidence = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+    evidence = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
     probe_path = model_dir / "probe.json"
-    if evidence is not None and probe_path.is_file():
+    if evidence and probe_path.is_file():
         evidence["probe"] = json.loads(probe_path.read_text())
+    study_path = model_dir / FEATURE_STUDY
+    if study_path.is_file():
+        evidence["feature_study"] = json.loads(study_path.read_text())
     path = Path(path) if path else model_dir / "MODEL_CARD.md"
     atomic_write_text(path, render_model_card(log, weights_sha256(model_dir), evidence))
     return path
