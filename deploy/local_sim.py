@@ -41,7 +41,8 @@ import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,34 @@ def flwr_run(
     return _run_status(flwr, env, run_id, connection)
 
 
+class Terminated(Exception):
+    """SIGTERM reached the launcher (``kill <pid>``): cleanup runs first."""
+
+
+@contextmanager
+def terminate_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs.
+
+    Python's default SIGTERM ends the process at once, skipping ``finally``:
+    a launcher stopped by ``kill <pid>`` would leave its SuperLink, SuperExec
+    and Ray daemons running. Only the main thread can set a handler; elsewhere
+    the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one waits for cleanup
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_simulation(
     app_dir: Path | str = ".",
     overrides: dict[str, Any] | None = None,
@@ -429,45 +458,46 @@ def run_simulation(
         f'[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    t0 = time.perf_counter()
-    link = subprocess.Popen(
-        [
-            superlink,
-            "--insecure",
-            "--simulation",
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=open(flwr_home / "superlink.out", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # keep Ctrl-C of this launcher from racing our cleanup
-    )
-    output_lines: list[str] = []
-    run_id, status = None, "not started"
-    try:
-        wait_healthy(port, link)
-        run_id, status = flwr_run(
-            app_dir,
-            "local-sim",
-            overrides,
-            env,
-            output_lines,
-            extra=("--federation-config", federation),
-            stream=stream,
-            timeout=timeout,
+    with terminate_raises():
+        t0 = time.perf_counter()
+        link = subprocess.Popen(
+            [
+                superlink,
+                "--insecure",
+                "--simulation",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=open(flwr_home / "superlink.out", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # keep Ctrl-C of this launcher from racing our cleanup
         )
-    finally:
-        stop_tree(link)
-        # What left the SuperLink's tree (SuperExec starts its own session;
-        # Ray's daemons double-fork) still carries this launch's FLWR_HOME.
-        stray = processes_with_env("FLWR_HOME", str(flwr_home))
-        _kill(stray, signal.SIGTERM)
-        time.sleep(1.0 if stray else 0.0)
-        _kill(processes_with_env("FLWR_HOME", str(flwr_home)), signal.SIGKILL)
+        output_lines: list[str] = []
+        run_id, status = None, "not started"
+        try:
+            wait_healthy(port, link)
+            run_id, status = flwr_run(
+                app_dir,
+                "local-sim",
+                overrides,
+                env,
+                output_lines,
+                extra=("--federation-config", federation),
+                stream=stream,
+                timeout=timeout,
+            )
+        finally:
+            stop_tree(link)
+            # What left the SuperLink's tree (SuperExec starts its own session;
+            # Ray's daemons double-fork) still carries this launch's FLWR_HOME.
+            stray = processes_with_env("FLWR_HOME", str(flwr_home))
+            _kill(stray, signal.SIGTERM)
+            time.sleep(1.0 if stray else 0.0)
+            _kill(processes_with_env("FLWR_HOME", str(flwr_home)), signal.SIGKILL)
     if status == COMPLETED:
         shutil.rmtree(flwr_home, ignore_errors=True)
     else:

@@ -62,3 +62,22 @@ def test_a_silent_run_ends_at_its_deadline(tmp_path, monkeypatch):
     with pytest.raises(TimeoutError, match="within 1.0 s"):
         local_sim.flwr_run(tmp_path, "local-sim", {}, dict(os.environ), [], timeout=1.0)
     assert time.monotonic() - t0 < 10
+
+
+def test_sigterm_runs_the_cleanup_before_the_launcher_ends():
+    # `kill <pid>` of a launcher: its finally (stop the SuperLink and Ray's
+    # daemons) must run, also when a second SIGTERM arrives during it.
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(local_sim.Terminated, match="signal 15"):
+        with local_sim.terminate_raises():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler's exception ends this at once
+                cleaned.append("not interrupted")
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                cleaned.append("cleaned")
+    assert cleaned == ["cleaned"]
+    assert signal.getsignal(signal.SIGTERM) is before
