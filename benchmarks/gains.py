@@ -117,8 +117,18 @@ def scored_runs(
 def pooled_paired_std(
     rows: list[dict[str, Any]], scenario: str, reference: str = "fedavg"
 ) -> tuple[float | None, int]:
-    """Root mean square of a scenario's paired spreads, and its fewest seeds."""
-    others = [r for r in rows if r["scenario"] == scenario and r["method"] != reference]
+    """Root mean square of a scenario's paired spreads, and their seeds.
+
+    Pooled over the methods that ran every seed the reference ran (the
+    protocol's count), at that count; a method run on fewer seeds has its own
+    MDE in its row. When none ran them all, over every method at the fewest.
+    """
+    part = [r for r in rows if r["scenario"] == scenario]
+    others = [r for r in part if r["method"] != reference]
+    ref_seeds = next((r["seeds"] for r in part if r["method"] == reference), 0)
+    full = [r for r in others if r["seeds"] == ref_seeds]
+    if full:
+        others = full
     spreads = [r["paired_std"] for r in others if r["paired_std"] is not None]
     n = min((r["seeds"] for r in others), default=0)
     if not spreads or n < 2:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import statistics
 
 import pytest
 
@@ -171,3 +172,23 @@ def test_the_decisive_profile_is_what_the_comparison_needs():
     assert len(profile.seeds) >= 5 and profile.last_k == 6
     for method in ("fedavgm", "fedadam", "fedetf", "fedavg-public", "fedavg-adapt"):
         assert method in profile.methods
+
+
+def test_the_scenario_mde_pools_the_methods_that_ran_every_seed(tmp_path):
+    # fedavg and "full" ran 4 seeds, "short" 3: the scenario's MDE is at 4
+    # seeds from "full"'s spread alone; "short" keeps its own in its row.
+    def cells(name, values):
+        return {s: _run(tmp_path, f"{name}{s}", [v, v]) for s, v in enumerate(values)}
+
+    rows = gains_rows(
+        {
+            ("x", "fedavg"): cells("a", [0.50, 0.60, 0.70, 0.80]),
+            ("x", "full"): cells("f", [0.55, 0.66, 0.74, 0.85]),  # gains 5, 6, 4, 5
+            ("x", "short"): cells("s", [0.40, 0.70, 0.70]),  # gains -10, 10, 0
+        },
+        k=2,
+    )
+    by = {r["method"]: r for r in rows}
+    spread = statistics.stdev([5, 6, 4, 5])
+    assert by["fedavg"]["mde"] == pytest.approx(minimum_detectable_effect(spread, 4))
+    assert by["short"]["mde"] == pytest.approx(minimum_detectable_effect(10.0, 3))
