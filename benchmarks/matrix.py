@@ -475,13 +475,15 @@ def run_matrix(
     runner: Runner | None = None,
     estimate: Callable[[list[Cell]], list[float]] | None = None,
     last_k: int = LAST_K,
+    run_missing: bool = True,
 ) -> list[dict[str, Any]] | None:
     """Every cell in order (scenario, method, seed); None if a run failed.
 
     ``splits`` maps scenario names to their split keys; ``runner`` replaces
     the real simulation (tests); ``estimate`` gives each cell's expected
     seconds, for the ETA printed after every cell (scaled by how long the cells
-    run so far actually took against their estimate).
+    run so far actually took against their estimate). ``run_missing=False``
+    runs nothing: the rows are the finished cells', the others are left out.
     """
     unknown = [s for s in scenarios if s not in splits]
     if unknown:
@@ -509,6 +511,9 @@ def run_matrix(
         label = (
             f"[{i}/{len(cells)}] {cell.method:14s} {cell.scenario:8s} seed={cell.seed}"
         )
+        if not run_missing and todo[i - 1]:
+            print(f"{label}: not run, left out", flush=True)
+            continue
         t_cell = time.perf_counter()
         row = run_cell(
             cell,

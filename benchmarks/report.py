@@ -223,6 +223,11 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
         )
         + ".\n\n"
     )
+    if report.get("not_run"):
+        out.write(
+            f"Not run yet, so not in these tables ({len(report['not_run'])} "
+            f"cells, `--report-only`): {', '.join(report['not_run'])}.\n\n"
+        )
     k = report.get("last_k")
     if k:  # profiles with the paired-gain table
         out.write(

@@ -200,6 +200,7 @@ def build_report(
     hardware_text: str,
     matrix_wall: float,
     ran: int,
+    not_run: list[Cell] = (),
 ) -> dict[str, Any]:
     """Tables, CSVs, plots, ``report.json`` and ``RESULTS.md`` from the cells' rows."""
 
@@ -270,6 +271,7 @@ def build_report(
         "runs_dir": _repo_path(runs_dir),
         "cells": len(rows),
         "ran": ran,
+        "not_run": [c.name(profile.rounds) for c in not_run],
         "matrix_wall": fmt_time(matrix_wall),
         # Cells run across several invocations: their own times add up to the
         # profile's cost, whatever this invocation reused.
@@ -352,6 +354,12 @@ def parser() -> argparse.ArgumentParser:
         help="no performance measurements (the cost table still shows)",
     )
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: the report from the finished cells; a cell not run "
+        "(or run with another config) is left out and named in the report",
+    )
+    p.add_argument(
         "--estimate-only",
         action="store_true",
         help="print the plan and the time estimate, run nothing",
@@ -412,17 +420,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate_only:
         return 0
     t0 = time.perf_counter()
-    ran = sum(
-        not cell_done(
+    missing = [
+        c
+        for c in all_cells
+        if not cell_done(
             cell_overrides(c, base, profile.rounds, runs_dir, SPLITS), runs_dir
         )
-        for c in all_cells
-    )
+    ]
+    ran = 0 if args.report_only else len(missing)
     rows = run_matrix(
         list(profile.methods), list(profile.scenarios), list(profile.seeds), base,
         profile.rounds, runs_dir, splits=SPLITS,
         runner=functools.partial(sampled_runner, gpus_per_client=gpus),
         estimate=profile.estimate, last_k=profile.last_k,
+        run_missing=not args.report_only,
     )  # fmt: skip
     matrix_wall = time.perf_counter() - t0
     if rows is None:
@@ -434,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     data = build_report(
         profile, rows, out, runs_dir, figures=figures, command=command,
         hardware_text=hardware(), matrix_wall=matrix_wall, ran=ran,
+        not_run=missing if args.report_only else [],
     )  # fmt: skip
     print("\n" + (out / "RESULTS.md").read_text())
     print(f"total wall time {fmt_time(time.perf_counter() - t0)}; wrote {out}")

@@ -114,6 +114,49 @@ def test_resume_skips_finished_cells_and_runs_only_the_rest(tmp_path, capsys):
     assert matrix(runs_dir, refuse) == rows
 
 
+def test_report_only_runs_nothing_and_names_what_it_left_out(tmp_path, capsys):
+    runs_dir = tmp_path / "out" / "runs"
+    done = [Cell("fedavg", "dir0.5", 0), Cell("fedavg", "dir0.5", 1),
+            Cell("semanticfl", "dir0.5", 0)]  # fmt: skip
+    for cell in done:
+        write_run(
+            runs_dir,
+            cell_overrides(cell, BASE, ROUNDS, runs_dir, SPLITS),
+            CURVES[(cell.scenario, cell.method, cell.seed)],
+        )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--report-only ran a cell")
+
+    rows = run_matrix(
+        ["fedavg", "semanticfl"], ["dir0.5"], [0, 1], BASE, ROUNDS, runs_dir,
+        splits=SPLITS, runner=refuse, run_missing=False,
+    )  # fmt: skip
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("fedavg", 0), ("fedavg", 1), ("semanticfl", 0)
+    ]  # fmt: skip
+    assert (
+        "semanticfl     dir0.5   seed=1: not run, left out" in capsys.readouterr().out
+    )
+    profile = dataclasses.replace(
+        PROFILES["smoke"], methods=("fedavg", "semanticfl"), rounds=ROUNDS
+    )
+    left = Cell("semanticfl", "dir0.5", 1)
+    data = build_report(
+        profile, rows, tmp_path / "out", runs_dir, figures={}, command="cmd",
+        hardware_text="test CPU", matrix_wall=0.0, ran=0, not_run=[left],
+    )  # fmt: skip
+    assert data["not_run"] == [left.name(ROUNDS)]
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert (
+        f"Not run yet, so not in these tables (1 cells, `--report-only`): {left.name(ROUNDS)}."
+        in md
+    )
+    # semanticfl's one seed is paired with fedavg's seed 0 only
+    gain = next(g for g in data["gains"] if g["method"] == "semanticfl")
+    assert gain["seeds"] == 1
+
+
 def test_aggregation_over_seeds_with_paired_gain(tmp_path):
     rows = matrix(tmp_path / "runs", FakeRunner())
     agg = {(a["scenario"], a["method"]): a for a in report.aggregate(rows)}
