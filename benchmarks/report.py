@@ -201,6 +201,21 @@ def write_plots(
 # --- the Markdown section --------------------------------------------------
 
 
+def not_run_text(cells: list[dict[str, Any]]) -> str:
+    """``moon (dir0.05 seeds 3, 4; extreme seed 4), ...``: cells by method."""
+    by: dict[str, dict[str, list[int]]] = {}
+    for c in cells:
+        by.setdefault(c["method"], {}).setdefault(c["scenario"], []).append(c["seed"])
+    parts = []
+    for method, scenarios in by.items():
+        where = "; ".join(
+            f"{sc} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"
+            for sc, seeds in scenarios.items()
+        )
+        parts.append(f"{method} ({where})")
+    return ", ".join(parts)
+
+
 def render_section(report: dict[str, Any], link_from: Path) -> str:
     """The results section (Markdown) with links relative to ``link_from``."""
 
@@ -226,7 +241,7 @@ def render_section(report: dict[str, Any], link_from: Path) -> str:
     if report.get("not_run"):
         out.write(
             f"Not run yet, so not in these tables ({len(report['not_run'])} "
-            f"cells, `--report-only`): {', '.join(report['not_run'])}.\n\n"
+            f"cells, `--report-only`): {not_run_text(report['not_run'])}.\n\n"
         )
     k = report.get("last_k")
     if k:  # profiles with the paired-gain table

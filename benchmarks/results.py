@@ -271,7 +271,7 @@ def build_report(
         "runs_dir": _repo_path(runs_dir),
         "cells": len(rows),
         "ran": ran,
-        "not_run": [c.name(profile.rounds) for c in not_run],
+        "not_run": [dataclasses.asdict(c) for c in not_run],
         "matrix_wall": fmt_time(matrix_wall),
         # Cells run across several invocations: their own times add up to the
         # profile's cost, whatever this invocation reused.

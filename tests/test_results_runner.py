@@ -146,10 +146,12 @@ def test_report_only_runs_nothing_and_names_what_it_left_out(tmp_path, capsys):
         profile, rows, tmp_path / "out", runs_dir, figures={}, command="cmd",
         hardware_text="test CPU", matrix_wall=0.0, ran=0, not_run=[left],
     )  # fmt: skip
-    assert data["not_run"] == [left.name(ROUNDS)]
+    assert data["not_run"] == [
+        {"method": "semanticfl", "scenario": "dir0.5", "seed": 1}
+    ]
     md = (tmp_path / "out" / "RESULTS.md").read_text()
     assert (
-        f"Not run yet, so not in these tables (1 cells, `--report-only`): {left.name(ROUNDS)}."
+        "Not run yet, so not in these tables (1 cells, `--report-only`): semanticfl (dir0.5 seed 1)."
         in md
     )
     # semanticfl's one seed is paired with fedavg's seed 0 only
