@@ -35,7 +35,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ def build_report(
     hardware_text: str,
     matrix_wall: float,
     ran: int,
-    not_run: list[Cell] = (),
+    not_run: Sequence[Cell] = (),
 ) -> dict[str, Any]:
     """Tables, CSVs, plots, ``report.json`` and ``RESULTS.md`` from the cells' rows."""
 
