@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, st in stats.items():
             print(
                 f"{kind}: computed {st['computed']} samples, "
+                f"derived {st['derived']} from the PCA store, "
                 f"{len(st['problems'])} bad shards dropped"
             )
     else:

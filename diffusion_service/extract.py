@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from common import seeding
 from common.io import atomic_write
 
+from .derive import derive_from_pca
 from .features import Extractor, FeatureExtractor
 from .model import GuidanceModel
 from .projection import Projection
@@ -166,7 +167,9 @@ def extract(
     Bad shards are dropped first (:meth:`FeatureStore.verify`) so their samples
     are recomputed. Work goes in shards of ``shard_size`` samples, each written
     as soon as it is done: killing the process loses only the current shard.
-    Returns, per kind, how many samples were computed and the problems found.
+    A whitened recipe first takes what its PCA twin's store holds
+    (:mod:`.derive`, a rescale, no U-Net pass). Returns, per kind, how many
+    samples were computed and derived, and the problems found.
     """
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -185,7 +188,15 @@ def extract(
         for p in problems:
             log.warning("dropping bad shard %s", p)
         todo[kind] = store.missing(kind, want)
-        stats[kind] = {"computed": int(len(todo[kind])), "problems": problems}
+        derived = 0
+        if len(todo[kind]) and session.recipe.projection == "whitened":
+            derived = derive_from_pca(store, proj, kind, todo[kind])
+            todo[kind] = store.missing(kind, want)
+        stats[kind] = {
+            "computed": int(len(todo[kind])),
+            "derived": derived,
+            "problems": problems,
+        }
     step = ex.recipe.micro_batch * 4  # bar update granularity, not a batch size
     for kind, missing in todo.items():
         if not len(missing):

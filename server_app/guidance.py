@@ -266,6 +266,9 @@ def prepare_feddifrc(
             )
     computed = {k: v["computed"] for k, v in stats.items()}
     info = {"samples": int(len(indices)), "computed": computed, "model": fingerprint}
+    derived = {k: v["derived"] for k, v in stats.items() if v["derived"]}
+    if derived:  # a whitened store filled from its PCA twin (diffusion_service.derive)
+        info["derived"] = derived
     if teacher is not None:
         info["teacher"] = teacher_info
     return str(session.store.path), info, teacher

@@ -76,6 +76,7 @@ def prepare_teacher(
         "calibration-images": int(len(calib)),
         "off-label-mass-public": off_label,
         "computed": stats["errors"]["computed"],
+        "derived": stats["errors"]["derived"],
         **{f"zero-shot-accuracy-{k}": v for k, v in accuracy.items()},
     }
     log(INFO, "Zero-shot teacher: %s", info)

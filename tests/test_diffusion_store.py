@@ -175,6 +175,41 @@ def test_whitened_store_holds_unit_variance_coordinates(
     assert torch.all(norms[1:] >= norms[:-1] - 1e-6)
 
 
+def test_whitened_store_is_derived_from_its_pca_twin_without_unet_passes(
+    tiny_model, recipe, fmnist_small, tmp_path
+):
+    plain = session(tiny_model, recipe, fmnist_small, tmp_path)
+    extract(plain, kinds=("noise", "cond"), shard_size=16, progress=False)
+    whitened = FeatureRecipe(**{**recipe.to_dict(), "projection": "whitened"})
+    w = session(tiny_model, whitened, fmnist_small, tmp_path)
+    with UNetCalls(tiny_model.unet) as calls:
+        stats = extract(w, kinds=("noise", "cond"), progress=False)
+    assert calls.n == calls_per(24, 8)  # the whitened fit (24 samples), nothing else
+    assert stats["noise"] == {"computed": 0, "derived": 40, "problems": []}
+    assert stats["cond"]["computed"] == 0 and stats["cond"]["derived"] == 40
+    # against a whitened store extracted directly (no twin under its root)
+    direct = session(tiny_model, whitened, fmnist_small, tmp_path / "alone")
+    assert extract(direct, kinds=("noise", "cond"), progress=False)["noise"][
+        "derived"] == 0
+    for kind in ("noise", "cond"):
+        got, got_c = FeatureStore(w.store.path).read(kind, range(40))
+        want, want_c = direct.store.read(kind, range(40))
+        # equal up to the fp16 rounding of the stored PCA feature
+        assert (got.float() - want.float()).abs().max() < 4e-3, kind
+        assert (got_c is None) == (want_c is None)
+        if got_c is not None:
+            assert torch.equal(got_c, want_c)
+    # a twin whose projection came from other features is not used
+    other = session(tiny_model, whitened, fmnist_small, tmp_path / "other")
+    twin = session(tiny_model, recipe, fmnist_small, tmp_path / "other")
+    extract(twin, kinds=("noise",), indices=range(8), progress=False)
+    twin.store.save_projection(Projection.fit(torch.randn(30, 64), 8), twin.fit_indices)
+    with UNetCalls(tiny_model.unet) as calls:
+        stats = extract(other, kinds=("noise",), indices=range(8), progress=False)
+    assert stats["noise"]["derived"] == 0 and stats["noise"]["computed"] == 8
+    assert calls.n == calls_per(24, 8) + calls_per(8, 8)
+
+
 def test_reading_a_client_touches_only_its_shards(
     tiny_model, recipe, fmnist_small, tmp_path, monkeypatch
 ):
