@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from common import seeding
 from common.io import atomic_write
 
-from .derive import derive_from_pca
+from .derive import derive_from_pca, pca_sibling
 from .features import Extractor, FeatureExtractor
 from .model import GuidanceModel
 from .projection import Projection
@@ -130,7 +130,11 @@ def _batches(indices: np.ndarray, size: int):
 
 
 def ensure_projection(session: Session, *, progress: bool = True) -> Projection:
-    """The store's projection; fitted once (raw true-class features) if absent."""
+    """The store's projection; fitted once (raw true-class features) if absent.
+
+    A whitened recipe whose PCA twin store exists whitens the twin's
+    projection, so the twin's features can fill this store (:mod:`.derive`).
+    """
     proj = session.store.load_projection()
     if proj is not None:
         return proj
@@ -149,7 +153,14 @@ def ensure_projection(session: Session, *, progress: bool = True) -> Projection:
         log.info(
             "raw width %d < d=%d: projection zero-pads", raw.shape[1], ex.recipe.dim
         )
-    proj = Projection.fit(raw, ex.recipe.dim, whiten=ex.recipe.projection == "whitened")
+    whiten = ex.recipe.projection == "whitened"
+    twin = pca_sibling(session.store) if whiten else None
+    base = twin.load_projection() if twin is not None else None
+    if base is not None:
+        # The PCA twin's own directions, so its stored features rescale exactly.
+        proj = base.whitened(raw)
+    else:
+        proj = Projection.fit(raw, ex.recipe.dim, whiten=whiten)
     session.store.save_projection(proj, fit)
     return proj
 

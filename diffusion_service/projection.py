@@ -73,6 +73,19 @@ class Projection:
         full[:, :rank] = comps
         return cls(mean.float(), full.float(), rank)
 
+    def whitened(self, raw: Tensor) -> Projection:
+        """These directions, each scaled to unit variance on ``raw`` (n, r).
+
+        Equals :meth:`fit` with ``whiten=True`` on the data this projection was
+        fitted on, and keeps exactly this projection's mean and directions, so
+        its features are this projection's rescaled (:mod:`.derive`).
+        """
+        coords = (raw.double() - self.mean.double()) @ self.components.double()
+        std = coords[:, : self.rank].std(0, correction=1).clamp_min(1e-30)
+        comps = self.components.double().clone()
+        comps[:, : self.rank] /= std
+        return Projection(self.mean.clone(), comps.float(), self.rank)
+
     def __call__(self, raw: Tensor) -> Tensor:
         """Project (..., r) raw features to unit-length (..., d) features."""
         out = (raw.float() - self.mean) @ self.components

@@ -18,6 +18,7 @@ from diffusion_service import (
     extract,
     open_session,
 )
+from diffusion_service.derive import whitening_scale
 
 pytest_plugins = ("diffusion_conftest",)
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -199,15 +200,14 @@ def test_whitened_store_is_derived_from_its_pca_twin_without_unet_passes(
         assert (got_c is None) == (want_c is None)
         if got_c is not None:
             assert torch.equal(got_c, want_c)
-    # a twin whose projection came from other features is not used
-    other = session(tiny_model, whitened, fmnist_small, tmp_path / "other")
-    twin = session(tiny_model, recipe, fmnist_small, tmp_path / "other")
-    extract(twin, kinds=("noise",), indices=range(8), progress=False)
-    twin.store.save_projection(Projection.fit(torch.randn(30, 64), 8), twin.fit_indices)
-    with UNetCalls(tiny_model.unet) as calls:
-        stats = extract(other, kinds=("noise",), indices=range(8), progress=False)
-    assert stats["noise"]["derived"] == 0 and stats["noise"]["computed"] == 8
-    assert calls.n == calls_per(24, 8) + calls_per(8, 8)
+    # the whitened projection whitens the twin's: same mean and directions
+    pca, wp = plain.store.load_projection(), w.store.load_projection()
+    scale = whitening_scale(pca, wp)
+    assert scale is not None and torch.equal(wp.mean, pca.mean)
+    assert torch.allclose(wp.components, pca.components * scale, rtol=1e-6, atol=0)
+    # one fitted on other features (a twin refitted since) is not rescaled
+    refit = Projection.fit(torch.randn(30, pca.components.shape[0]), 8, whiten=True)
+    assert whitening_scale(pca, refit) is None
 
 
 def test_reading_a_client_touches_only_its_shards(
