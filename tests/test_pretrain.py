@@ -40,6 +40,7 @@ from diffusion_service.pretrain import (  # noqa: E402
 )
 from diffusion_service.pretrain.card import FEATURE_STUDY  # noqa: E402
 from diffusion_service.pretrain.data import public_split  # noqa: E402
+from diffusion_service.pretrain.export import export_checkpoint  # noqa: E402
 
 CLASSES = DATASETS["fashion-mnist"].class_names
 
@@ -197,6 +198,36 @@ def test_resume_continues_and_matches_uninterrupted(tiny_model, tmp_path):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), part
     assert [p[0] for p in log["stages"]["unet"]["loss_curve"]] == [3]
+
+
+def test_a_stopped_run_exports_its_model_part_way(tmp_path):
+    from diffusion_service import GuidanceModel
+    from diffusion_service.pretrain.cli import main
+
+    cfg, run = tiny_config(), tmp_path / "run"
+    with pytest.raises(Interrupted):
+        pretrain(cfg, run, stop_after=2, progress=False)  # mid-VAE: no model yet
+    with pytest.raises(ValueError, match="only a U-Net-stage"):
+        export_checkpoint(run / "checkpoint.pt", tmp_path / "early")
+    with pytest.raises(Interrupted):
+        pretrain(cfg, run, resume=True, stop_after=4, progress=False)
+
+    info = export_checkpoint(run / "checkpoint.pt", tmp_path / "snap")
+
+    assert (info["unet_step"], info["steps_unet"]) == (1, cfg.steps_unet)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    model = GuidanceModel.from_pretrained(tmp_path / "snap")
+    # its U-Net is the checkpoint's EMA, its VAE the trained one with its scale
+    unet = model.unet.state_dict()
+    assert all(torch.equal(unet[k], v) for k, v in ckpt["ema"].items())
+    scale = ckpt["log"]["latents"]["scaling_factor"]
+    assert model.vae.config.scaling_factor == pytest.approx(scale)
+    assert not (tmp_path / "snap" / "training_log.json").exists()
+    # the CLI: same export; a bad folder is a clear error, not a traceback
+    assert main(["--out", str(run), "--export-checkpoint", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "snapshot.json").read_text())["unet_step"] == 1
+    assert main(["--out", str(tmp_path / "none"), "--export-checkpoint",
+                 str(tmp_path / "d")]) == 1  # fmt: skip
 
 
 def test_resume_refuses_another_config(tmp_path):

@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         help="only (re)compute samples.png, evidence.json and the card of --out",
     )
     ap.add_argument(
+        "--export-checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="only write the model held by --out/checkpoint.pt (a stopped run, "
+        "U-Net stage) into DIR, to score it part-way; then --resume as usual",
+    )
+    ap.add_argument(
         "--card-only",
         action="store_true",
         help="only (re)render MODEL_CARD.md of an existing --out",
@@ -99,6 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     from .card import write_model_card
     from .train import Interrupted, pretrain
 
+    if args.export_checkpoint:
+        from .export import export_checkpoint
+        from .train import CHECKPOINT
+
+        try:
+            info = export_checkpoint(args.out / CHECKPOINT, args.export_checkpoint)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        log.info(
+            "wrote %s: U-Net step %d of %d",
+            args.export_checkpoint,
+            info["unet_step"],
+            info["steps_unet"],
+        )
+        return 0
     if args.card_only:
         log.info("wrote %s", write_model_card(args.out))
         return 0

@@ -30,6 +30,7 @@ from .components import (
 )
 from .config import PretrainConfig
 from .data import public_split
+from .export import save_model
 from .loop import Interrupted, batch_indices, checkpoint, run_stage, save_component
 
 CHECKPOINT = "checkpoint.pt"
@@ -211,7 +212,7 @@ def pretrain(
         "shape": list(lat.shape[1:]),
     }
     latents = torch.stack([lat, mirrored]).clone() * scale
-    save_component(vae, out / "vae")
+    save_component(vae, out / "vae")  # the frozen VAE is final from here on
 
     # ---------------------------------------------------------------- stage 2
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -286,22 +287,9 @@ def pretrain(
     )
 
     # ------------------------------------------------------------------ save
-    save_component(ema, out / "unet")
-    save_component(scheduler, out / "scheduler")
+    save_model(out, vae, ema, scheduler)
     import diffusers
 
-    atomic_write_json(
-        out / "model_index.json",
-        {
-            "_class_name": "SemanticFLEmbeddedLDM",
-            "_diffusers_version": diffusers.__version__,
-            "_text_encoder": "text_encoder.json",
-            "scheduler": ["diffusers", type(scheduler).__name__],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
-    )
-    atomic_write_json(out / "text_encoder.json", text_encoder_spec())
     log["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__}
     log["threads"] = torch.get_num_threads()
     log["device"] = str(device)
