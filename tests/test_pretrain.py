@@ -172,6 +172,38 @@ def test_feature_study_rerenders_a_saved_study_and_rejects_others(tmp_path):
         main(["--from-json", str(saved), "--out", str(tmp_path / "o")])
 
 
+def test_feature_studies_compare_side_by_side(tmp_path, capsys):
+    from benchmarks.feature_study_compare import TODAY, main
+
+    early, late = _study(), _study()
+    early["protocol"]["zero-shot-held-out"] = 0.663
+    late["rows"][1] = {**late["rows"][1], "recipe": TODAY, "probe": 0.791,
+                       "nearest-anchor": 0.804}  # fmt: skip
+    for name, study in (("a", early), ("b", late)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "study.json").write_text(json.dumps(study))
+    files = [str(tmp_path / n / "study.json") for n in ("a", "b")]
+
+    assert main([*files, "--labels", "U-Net 1000", "U-Net 3000",
+                 "--out", str(tmp_path / "t.md")]) == 0  # fmt: skip
+
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[0].startswith("| model | zero-shot | today none | today pca |")
+    # a recipe a study did not score is "-", not a number
+    assert lines[2] == "| U-Net 1000 | 0.663 | - | - | - | - | 0.800 / 0.600 | - |"
+    assert lines[3] == (
+        "| U-Net 3000 | 0.700 | - | - | 0.791 / 0.804 | - | 0.800 / 0.600 | - |"
+    )
+    assert capsys.readouterr().out.splitlines() == lines
+    main(files)  # labels default to the folders
+    assert "| a | 0.663 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*files, "--labels", "only one"])
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match="not a feature study"):
+        main([str(tmp_path / "bad.json")])
+
+
 def test_resume_continues_and_matches_uninterrupted(tiny_model, tmp_path):
     # Prepare: stop mid-VAE (step 2), then mid-U-Net (step 1 of 3).
     cfg, (ref_dir, _) = tiny_config(), tiny_model
