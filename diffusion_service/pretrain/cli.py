@@ -91,22 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if torch.get_num_threads() > 1 and load > 1.0:
-        # Measured here: with the cores already busy, 2 torch threads ran a U-Net
-        # step about 12x slower than 1 thread (OpenMP threads wait on each other).
-        log.warning(
-            "load average %.1f: the CPU is busy; %d torch threads may run many times "
-            "slower than --threads 1 (watch img/s in the progress bar)",
-            load,
-            torch.get_num_threads(),
-        )
-    from .card import write_model_card
-    from .train import Interrupted, pretrain
-
-    if args.export_checkpoint:
+    if args.export_checkpoint:  # no training: the load check below is moot
         from .export import export_checkpoint
         from .train import CHECKPOINT
 
@@ -122,6 +107,21 @@ def main(argv: list[str] | None = None) -> int:
             info["steps_unet"],
         )
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if torch.get_num_threads() > 1 and load > 1.0:
+        # Measured here: with the cores already busy, 2 torch threads ran a U-Net
+        # step about 12x slower than 1 thread (OpenMP threads wait on each other).
+        log.warning(
+            "load average %.1f: the CPU is busy; %d torch threads may run many times "
+            "slower than --threads 1 (watch img/s in the progress bar)",
+            load,
+            torch.get_num_threads(),
+        )
+    from .card import write_model_card
+    from .train import Interrupted, pretrain
+
     if args.card_only:
         log.info("wrote %s", write_model_card(args.out))
         return 0
