@@ -16,6 +16,8 @@ The folder gets ``vae/``, ``unet/``, ``scheduler/``, ``model_index.json``,
 
 Modules: :mod:`.config` (every knob), :mod:`.components` (builders, text
 encoder), :mod:`.data` (public split), :mod:`.train` (the loop),
+:mod:`.export` (the model folder; a stopped run's model, to score it
+part-way: ``--stop-after N``, ``--export-checkpoint DIR``, ``--resume``),
 :mod:`.sampling` (DDIM + guidance, PNG grid), :mod:`.evidence` (zero-shot
 classification), :mod:`.card` (model card), :mod:`.cli`.
 """
