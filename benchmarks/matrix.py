@@ -60,6 +60,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "kd-weight": 1.0,
         "server-finetune": "none",
     },
+    # A protocol probe for the decisive profile's spread: the client learning
+    # rate decaying over the rounds (lr-schedule "cosine") lets FedAvg settle.
+    # Paired with each other by seed, against the constant rate's pair, it
+    # says whether the seeds' spread is end-of-training noise.
+    "fedavg-cosine": {"method": "fedavg", "lr-schedule": "cosine"},
+    "semanticfl-cosine": {"method": "semanticfl", "lr-schedule": "cosine"},
     # The loss control: FedAvg's own linear head with FedETF's balanced
     # softmax. What a prior-corrected method gains above it is its own.
     "fedavg-balanced": {"method": "fedavg", "ce-loss": "balanced"},
