@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .projection import Projection
-from .store import FeatureStore, store_path
+from .store import CorruptShardError, FeatureStore, store_path
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def derive_from_pca(
 
     Derives nothing (returns 0) when there is no sibling, its projection is
     unusable or does not match ``projection``'s fit; the caller then extracts
-    as usual. The sibling's bad shards are skipped, never read.
+    as usual. The sibling's bad shards are skipped (left for it to repair).
     """
     sibling = pca_sibling(store)
     if sibling is None:
@@ -78,20 +78,22 @@ def derive_from_pca(
     scale = None if pca is None else whitening_scale(pca, projection)
     if scale is None:
         log.warning(
-            "%s: the PCA store %s was fitted on other features; extracting",
+            "%s: the PCA store %s has no projection matching this one; extracting",
             store.path,
             sibling.path,
         )
         return 0
     missing = store.missing(kind, indices)
-    sibling.verify(kind)
     derived = 0
-    for entry in list(sibling.shards(kind)):
+    for entry in sibling.shards(kind):
         rows = np.asarray(entry["indices"], dtype=np.int64)
         take = rows[np.isin(rows, missing)]
         if not len(take):
             continue
-        feats, classes = sibling.read(kind, take)
+        try:  # read() checks the shard; a bad one is the twin's to repair
+            feats, classes = sibling.read(kind, take)
+        except CorruptShardError:
+            continue
         if kind != "errors":
             feats = F.normalize(feats.float() * scale, dim=-1)
         store.write_shard(kind, take, feats, classes)
